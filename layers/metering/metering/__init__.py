@@ -1,0 +1,1 @@
+"""Active-contact metering and overusage billing: the shared package of every function and the CLI."""

@@ -1,0 +1,90 @@
+"""S3, SQS and EventBridge access: claim-check objects in, fan-out and close messages and events out."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from metering import aws
+from metering.events import ID_PATTERN
+from metering.model import ClaimCheckInvalid, StoreUnavailable
+
+PUBLISHED_SOURCE = "metering"
+PUT_EVENTS_LIMIT = 10
+SEND_BATCH_LIMIT = 10
+SEND_BATCH_BYTES = 240_000
+
+_ID = re.compile(ID_PATTERN)
+
+
+def read_claim_check(bucket: str, key: str, *, max_bytes: int = 64 * 1024 * 1024) -> list[str]:
+    """The contact ids of a claim-check object, one per line; a missing object or a bad id rejects the event."""
+    try:
+        response = aws.s3().get_object(Bucket=bucket, Key=key)
+        if int(response.get("ContentLength", 0)) > max_bytes:
+            raise ClaimCheckInvalid(f"claim-check object is larger than {max_bytes} bytes")
+        body = response["Body"].read()
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in {"NoSuchKey", "404", "NoSuchBucket", "AccessDenied", "403"}:
+            raise ClaimCheckInvalid(f"claim-check object s3://{bucket}/{key} does not exist ({code})") from exc
+        raise StoreUnavailable(f"S3 {code or 'error'}") from exc
+    except BotoCoreError as exc:
+        raise StoreUnavailable(f"S3 unreachable: {exc}") from exc
+    try:
+        lines = body.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ClaimCheckInvalid("claim-check object is not UTF-8 text") from exc
+    ids = [line.strip() for line in lines if line.strip()]
+    for line_number, contact_id in enumerate(ids, start=1):
+        if not _ID.fullmatch(contact_id):
+            raise ClaimCheckInvalid(f"claim-check object holds an invalid contact id on line {line_number}")
+    return ids
+
+
+def send_messages(queue_url: str, bodies: Sequence[str]) -> None:
+    """Send message bodies in SendMessageBatch calls (10 entries, under the 256 KB request limit)."""
+    batch: list[str] = []
+    size = 0
+    for body in bodies:
+        if batch and (len(batch) == SEND_BATCH_LIMIT or size + len(body) > SEND_BATCH_BYTES):
+            _send_batch(queue_url, batch)
+            batch, size = [], 0
+        batch.append(body)
+        size += len(body)
+    if batch:
+        _send_batch(queue_url, batch)
+
+
+def _send_batch(queue_url: str, bodies: list[str], attempts: int = 3) -> None:
+    """Send one batch; entries SQS refuses are resent, and still refused ones fail the caller."""
+    pending = bodies
+    for _ in range(attempts):
+        entries: Any = [{"Id": str(index), "MessageBody": body} for index, body in enumerate(pending)]
+        try:
+            response = aws.sqs().send_message_batch(QueueUrl=queue_url, Entries=entries)
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreUnavailable(f"SQS send failed: {exc}") from exc
+        pending = [pending[int(entry["Id"])] for entry in response.get("Failed", [])]
+        if not pending:
+            return
+    raise StoreUnavailable(f"SQS refused {len(pending)} messages")
+
+
+def publish(bus_name: str, detail_type: str, details: Iterable[dict[str, Any]]) -> None:
+    """Put events on the bus, 10 per call; any entry the bus refuses fails the call (the caller retries)."""
+    entries: list[Any] = [
+        {"Source": PUBLISHED_SOURCE, "DetailType": detail_type, "Detail": json.dumps(detail), "EventBusName": bus_name}
+        for detail in details
+    ]
+    for offset in range(0, len(entries), PUT_EVENTS_LIMIT):
+        try:
+            response = aws.events().put_events(Entries=entries[offset : offset + PUT_EVENTS_LIMIT])
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreUnavailable(f"EventBridge PutEvents failed: {exc}") from exc
+        if response.get("FailedEntryCount", 0):
+            raise StoreUnavailable(f"EventBridge refused {response['FailedEntryCount']} entries")

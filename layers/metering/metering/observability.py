@@ -1,0 +1,77 @@
+"""Logger and metrics singletons shared by every function, and the metrics each outcome emits.
+
+Metrics carry no per-account dimension (each dimension value is a billed custom metric); per-account
+detail goes to structured logs and the table."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    from metering.closing import CloseResult
+    from metering.recording import RecordingOutcome
+
+logger = Logger()
+metrics = Metrics()
+
+
+class RecordNotFinished(Exception):
+    """Raised for a record whose work must be retried, so the batch response lists it as failed."""
+
+
+def fail_unfinished(failed_message_ids: Collection[str], record: SQSRecord) -> None:
+    if record.message_id in failed_message_ids:
+        raise RecordNotFinished(record.message_id)
+
+
+def emit_recording_metrics(outcome: RecordingOutcome) -> None:
+    counts = {
+        "EventsProcessed": sum(outcome.events_by_type.values()),
+        "Activations": outcome.activations,
+        "DuplicateTouches": outcome.duplicate_touches,
+        "RecoveredContacts": outcome.recovered_contacts,
+        "RejectedEvents": len(outcome.rejected),
+        "LateEvents": len(outcome.late),
+        "UsageAlerts": len(outcome.alerts),
+        "FanOutContacts": outcome.fanned_out_contacts,
+        "RecordsRetried": len(outcome.failed_message_ids),
+    }
+    for name, value in counts.items():
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    for rejection in outcome.rejected:
+        logger.warning("event rejected", extra={"eventId": rejection.event_id, "reason": rejection.reason})
+    for late in outcome.late:
+        logger.warning(
+            "late event",
+            extra={"eventId": late.event_id, "accountId": late.ref.account_id, "period": late.ref.period},
+        )
+
+
+def emit_close_metrics(result: CloseResult | None) -> None:
+    if result is None:
+        return
+    metrics.add_metric(name=f"PeriodsClosed_{result.outcome.value}", unit=MetricUnit.Count, value=1)
+    if result.invoice is not None:
+        metrics.add_metric(name="InvoicesIssued", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(
+            name="OverusageAmountCents", unit=MetricUnit.Count, value=result.invoice.lines.amount_cents
+        )
+    logger.info(
+        "period closed",
+        extra={
+            "accountId": result.ref.account_id,
+            "period": result.ref.period,
+            "outcome": result.outcome.value,
+            "activeContacts": result.active_contacts,
+            "amountCents": result.invoice.lines.amount_cents if result.invoice else 0,
+        },
+    )
+
+
+__all__ = ["MetricUnit", "emit_close_metrics", "emit_recording_metrics", "fail_unfinished", "logger", "metrics"]

@@ -1,0 +1,442 @@
+"""Recording: turn a batch of CRM events into active contacts, exactly once per account, month and contact.
+
+The count of a period is exact under redelivery, retries and concurrency because of three rules:
+1. a contact item is created by a conditional write that carries the writer's *attempt* token;
+2. an attempt's new contacts are added to the period count in one transaction with an attempt marker,
+   so the same attempt can never be added twice;
+3. a redelivered event that finds "its" contact stored by an attempt without a marker (the writer died
+   between 1 and 2) completes that attempt: it counts the attempt's contacts and applies them.
+The invariant `summary.activeContacts == number of contact items` is checked by `metering recount`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from metering import gateways
+from metering.events import (
+    CRM_EVENT,
+    MAX_INLINE_CONTACT_IDS,
+    ContactEvent,
+    CrmEvent,
+    StatusRenamed,
+    SubscriptionChanged,
+)
+from metering.model import (
+    Activation,
+    AlertRecord,
+    ClaimCheckInvalid,
+    ContactRecord,
+    LateEvent,
+    PeriodClosed,
+    PeriodRef,
+    PeriodSummary,
+    Rejection,
+    StoreUnavailable,
+)
+from metering.rules import (
+    Subscription,
+    account_timezone,
+    close_instant,
+    crossed_thresholds,
+    period_bounds,
+    period_of,
+    subscription_at,
+    threshold_contacts,
+    utc_iso,
+)
+
+if TYPE_CHECKING:
+    from metering.settings import RecorderSettings
+    from metering.store import DynamoStore
+
+USAGE_ALERT_DETAIL_TYPE = "Usage Threshold Reached"
+MAX_RAW_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """One SQS message as the recorder sees it: its id (for partial-batch failure) and its body."""
+
+    message_id: str
+    body: str
+
+
+@dataclass(slots=True)
+class RecordingOutcome:
+    """What a batch did; the handler turns it into the partial-batch response and metrics."""
+
+    failed_message_ids: set[str] = field(default_factory=set)
+    rejected: list[Rejection] = field(default_factory=list)
+    late: list[LateEvent] = field(default_factory=list)
+    events_by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    activations: int = 0
+    duplicate_touches: int = 0
+    recovered_contacts: int = 0
+    alerts: list[AlertRecord] = field(default_factory=list)
+    fanned_out_contacts: int = 0
+
+
+class KnownActiveContacts:
+    """Contacts this container has seen active. Activity within a period only ever grows, so a hit is
+    always true and saves a read; the set is bounded and forgets its oldest entries first."""
+
+    def __init__(self, capacity: int = 300_000) -> None:
+        self._capacity = capacity
+        self._keys: dict[tuple[str, str, str], None] = {}
+
+    def __contains__(self, key: tuple[PeriodRef, str]) -> bool:
+        ref, contact_id = key
+        return (ref.account_id, ref.period, contact_id) in self._keys
+
+    def add_all(self, ref: PeriodRef, contact_ids: Iterable[str]) -> None:
+        for contact_id in contact_ids:
+            self._keys[(ref.account_id, ref.period, contact_id)] = None
+        overflow = len(self._keys) - self._capacity
+        if overflow > 0:
+            for stale in list(self._keys)[: overflow + self._capacity // 10]:
+                del self._keys[stale]
+
+
+@dataclass(slots=True)
+class _Group:
+    """The events of one batch that fall into one period of one account."""
+
+    ref: PeriodRef
+    timezone: Any
+    message_ids: set[str] = field(default_factory=set)
+    events: list[ContactEvent | StatusRenamed] = field(default_factory=list)
+    activations: dict[str, Activation] = field(default_factory=dict)
+
+    def add(self, message_id: str, event: ContactEvent | StatusRenamed, contact_ids: Iterable[str]) -> None:
+        self.message_ids.add(message_id)
+        self.events.append(event)
+        for contact_id in contact_ids:
+            known = self.activations.get(contact_id)
+            if known is None or (event.occurred_at, event.id) < (known.occurred_at, known.event_id):
+                self.activations[contact_id] = Activation(
+                    self.ref, contact_id, event.id, event.detail_type, event.occurred_at
+                )
+
+    @property
+    def event_ids(self) -> set[str]:
+        return {event.id for event in self.events}
+
+    @property
+    def latest_event_time(self) -> datetime:
+        return max(event.time for event in self.events)
+
+
+def new_attempt_token() -> str:
+    """A unique write-attempt id that also says when it started (hex milliseconds), <= 36 characters."""
+    return f"{int(time.time() * 1000):x}.{secrets.token_hex(8)}"
+
+
+def attempt_age_seconds(token: str) -> float:
+    started_ms = int(token.split(".", 1)[0], 16)
+    return time.time() - started_ms / 1000
+
+
+def parse_record(record: InboundRecord) -> CrmEvent | Rejection:
+    """Parse one SQS body into a typed event, or a rejection that says precisely what is wrong."""
+    received_at = utc_iso(datetime.now(UTC))
+    try:
+        document = json.loads(record.body, object_pairs_hook=_reject_duplicate_keys)
+    except (ValueError, RecursionError) as exc:
+        return _rejection(record, None, f"body is not a JSON object: {exc}", received_at)
+    event_id = _event_id_of(document)
+    if not isinstance(document, dict):
+        return _rejection(record, event_id, "body is not a JSON object", received_at)
+    try:
+        return CRM_EVENT.validate_python(document)
+    except ValidationError as exc:
+        return _rejection(record, event_id, describe_validation_error(exc), received_at)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """`detail.contactId: String should match pattern ...; ...` without echoing the offending values."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        location = ".".join(str(part) for part in error["loc"][1:] if part not in {"function-after"})
+        if error["type"] == "union_tag_invalid":
+            problems.append("unknown detail-type")
+        elif error["type"] == "union_tag_not_found":
+            problems.append("detail-type is missing")
+        else:
+            problems.append(f"{location or 'event'}: {error['msg']}")
+    return "; ".join(problems)
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise ValueError(f"duplicated key {key[:64]!r}")
+        document[key] = value
+    return document
+
+
+def _event_id_of(document: object) -> str | None:
+    if isinstance(document, dict):
+        event_id = document.get("id")
+        if isinstance(event_id, str) and 0 < len(event_id) <= 256:
+            return event_id
+    return None
+
+
+def _rejection(record: InboundRecord, event_id: str | None, reason: str, received_at: str) -> Rejection:
+    raw = record.body if len(record.body) <= MAX_RAW_BYTES else record.body[:MAX_RAW_BYTES]
+    return Rejection(event_id or f"sqs:{record.message_id}", reason, raw, received_at)
+
+
+def subscription_of(event: SubscriptionChanged) -> Subscription:
+    detail = event.detail
+    return Subscription(
+        account_id=detail.account_id,
+        effective_at=detail.occurred_at.astimezone(UTC),
+        event_id=event.id,
+        plan=detail.plan,
+        billing_cycle=detail.billing_cycle,
+        addon_contacts=detail.addon_contacts,
+        timezone=detail.timezone,
+    )
+
+
+def fan_out_chunks(event: StatusRenamed, contact_ids: Sequence[str]) -> list[str]:
+    """A huge rename as `Status Renamed` events with inline ids of at most the inline limit, one per chunk;
+    each is an ordinary event with a derived id, so its processing is the same code path."""
+    document = event.model_dump(mode="json", by_alias=True, exclude={"detail": {"contact_ids_object"}})
+    bodies = []
+    for index, start in enumerate(range(0, len(contact_ids), MAX_INLINE_CONTACT_IDS)):
+        chunk = {
+            **document,
+            "id": f"{event.id}#part{index:04d}",
+            "detail": {**document["detail"], "contactIds": list(contact_ids[start : start + MAX_INLINE_CONTACT_IDS])},
+        }
+        bodies.append(json.dumps(chunk, separators=(",", ":")))
+    return bodies
+
+
+@dataclass(slots=True)
+class Recorder:
+    """Records a batch: validation, subscriptions, fan-out, conditional writes, counts, alerts, late events."""
+
+    settings: RecorderSettings
+    store: DynamoStore
+    known: KnownActiveContacts = field(default_factory=KnownActiveContacts)
+
+    def record(self, records: Sequence[InboundRecord]) -> RecordingOutcome:
+        outcome = RecordingOutcome()
+        parsed: list[tuple[str, CrmEvent]] = []
+        for record in records:
+            result = parse_record(record)
+            if isinstance(result, Rejection):
+                outcome.rejected.append(result)
+            else:
+                parsed.append((record.message_id, result))
+                outcome.events_by_type[result.detail_type] += 1
+        try:
+            self.store.save_rejections(outcome.rejected)
+            histories = self._subscriptions(parsed)
+            groups, late = self._group(parsed, histories, outcome)
+            summaries, existing = self.store.read_period_state(
+                groups, [(ref, c) for ref, g in groups.items() for c in g.activations if (ref, c) not in self.known]
+            )
+        except StoreUnavailable:
+            outcome.failed_message_ids = {message_id for message_id, _ in parsed}
+            return outcome
+        for message_id, event, ref in late:
+            self._record_late(outcome, message_id, event, ref)
+        for ref, group in groups.items():
+            try:
+                self._record_group(outcome, group, summaries.get(ref), existing, histories[ref.account_id])
+            except StoreUnavailable:
+                outcome.failed_message_ids |= group.message_ids
+        return outcome
+
+    def _subscriptions(self, parsed: Sequence[tuple[str, CrmEvent]]) -> dict[str, list[Subscription]]:
+        """Store this batch's subscription changes, then load every involved account's history."""
+        changes = [subscription_of(event) for _, event in parsed if isinstance(event, SubscriptionChanged)]
+        self.store.save_subscriptions(changes)
+        histories = self.store.load_subscriptions(sorted({event.account_id for _, event in parsed}))
+        for change in changes:
+            history = histories.setdefault(change.account_id, [])
+            if change not in history:
+                history.append(change)
+        return histories
+
+    def _group(
+        self,
+        parsed: Sequence[tuple[str, CrmEvent]],
+        histories: dict[str, list[Subscription]],
+        outcome: RecordingOutcome,
+    ) -> tuple[dict[PeriodRef, _Group], list[tuple[str, ContactEvent | StatusRenamed, PeriodRef]]]:
+        """Place each activity event in its period; events arriving after their period's close are late."""
+        groups: dict[PeriodRef, _Group] = {}
+        late: list[tuple[str, ContactEvent | StatusRenamed, PeriodRef]] = []
+        for message_id, event in parsed:
+            if isinstance(event, SubscriptionChanged):
+                continue
+            tz = account_timezone(histories[event.account_id], event.occurred_at, self.settings.default_timezone)
+            ref = PeriodRef(event.account_id, period_of(event.occurred_at, tz))
+            if event.time >= close_instant(ref.period, tz, self.settings.grace):
+                late.append((message_id, event, ref))
+                continue
+            try:
+                contact_ids = self._contacts_of(event, outcome)
+            except StoreUnavailable:
+                outcome.failed_message_ids.add(message_id)
+                continue
+            if contact_ids is not None:
+                groups.setdefault(ref, _Group(ref, tz)).add(message_id, event, contact_ids)
+        return groups, late
+
+    def _contacts_of(self, event: ContactEvent | StatusRenamed, outcome: RecordingOutcome) -> Sequence[str] | None:
+        """The contacts an event activates here; None when it was rejected or handed to the fan-out queue."""
+        if not isinstance(event, StatusRenamed):
+            return (event.detail.contact_id,)
+        if event.detail.contact_ids is not None:
+            return event.detail.contact_ids
+        claim = event.detail.contact_ids_object
+        assert claim is not None  # the model requires one of the two sources
+        try:
+            if claim.bucket != self.settings.claim_check_bucket:
+                raise ClaimCheckInvalid(f"claim-check bucket {claim.bucket!r} is not the configured one")
+            contact_ids = gateways.read_claim_check(claim.bucket, claim.key)
+        except ClaimCheckInvalid as exc:
+            rejection = Rejection(event.id, str(exc), event.model_dump_json(by_alias=True), utc_iso(datetime.now(UTC)))
+            self.store.save_rejections([rejection])
+            outcome.rejected.append(rejection)
+            return None
+        if len(contact_ids) <= MAX_INLINE_CONTACT_IDS:
+            return contact_ids
+        gateways.send_messages(self.settings.fanout_queue_url, fan_out_chunks(event, contact_ids))
+        outcome.fanned_out_contacts += len(contact_ids)
+        return None
+
+    def _record_group(
+        self,
+        outcome: RecordingOutcome,
+        group: _Group,
+        summary: PeriodSummary | None,
+        existing: dict[tuple[PeriodRef, str], ContactRecord],
+        history: list[Subscription],
+    ) -> None:
+        ref = group.ref
+        if summary is not None and summary.closed_at is not None:
+            for event in group.events:
+                self._record_late(outcome, "", event, ref)
+            return
+        period_end = period_bounds(ref.period, group.timezone)[1]
+        stored = [existing[(ref, c)] for c in group.activations if (ref, c) in existing]
+        candidates = [
+            activation
+            for contact_id, activation in group.activations.items()
+            if (ref, contact_id) not in existing and (ref, contact_id) not in self.known
+        ]
+        attempt = new_attempt_token()
+        inserted, conflicts = self.store.insert_contacts(candidates, attempt, period_end)
+        stored += conflicts
+        try:
+            recovered, verified = self._complete_orphaned_attempts(ref, group.event_ids, stored, period_end)
+            if inserted:
+                self.store.apply_attempt(ref, attempt, len(inserted), period_end)
+        except PeriodClosed:
+            self.store.delete_contacts(ref, [activation.contact_id for activation in inserted], attempt)
+            for event in group.events:
+                self._record_late(outcome, "", event, ref)
+            return
+        self.known.add_all(ref, [a.contact_id for a in inserted])
+        self.known.add_all(ref, [record.contact_id for record in stored if record.attempt in verified])
+        outcome.activations += len(inserted)
+        outcome.recovered_contacts += recovered
+        outcome.duplicate_touches += sum(len(self._touches(event)) for event in group.events) - len(inserted)
+        self._alert(outcome, group, summary, history, counted=bool(inserted or recovered))
+
+    @staticmethod
+    def _touches(event: ContactEvent | StatusRenamed) -> Sequence[str]:
+        if isinstance(event, StatusRenamed):
+            return event.detail.contact_ids or ()
+        return (event.detail.contact_id,)
+
+    def _complete_orphaned_attempts(
+        self, ref: PeriodRef, event_ids: set[str], stored: Iterable[ContactRecord], period_end: datetime
+    ) -> tuple[int, set[str]]:
+        """Apply earlier attempts of these same events that stored contacts but never counted them.
+        Returns the contacts recovered and the attempts now known to be counted."""
+        suspects = {record.attempt for record in stored if record.first_event_id in event_ids}
+        if not suspects:
+            return 0, set()
+        applied = self.store.applied_attempts(ref, suspects)
+        recovered = 0
+        for orphan in sorted(suspects - applied):
+            if attempt_age_seconds(orphan) < self.settings.attempt_timeout_seconds:
+                raise StoreUnavailable(f"attempt {orphan} may still be running; retry later")
+            contacts = self.store.count_attempt_contacts(ref, orphan)
+            if self.store.apply_attempt(ref, orphan, contacts, period_end):
+                recovered += contacts
+        return recovered, suspects
+
+    def _alert(
+        self,
+        outcome: RecordingOutcome,
+        group: _Group,
+        summary: PeriodSummary | None,
+        history: list[Subscription],
+        *,
+        counted: bool,
+    ) -> None:
+        """Claim each threshold the exact count has now reached (once per period, by a conditional write),
+        then publish it; an alert claimed by a batch that failed to publish is published by the next one."""
+        pending = list(summary.unpublished_alerts) if summary else []
+        subscription = subscription_at(history, group.latest_event_time)
+        alerted = summary.alerted_percents if summary else frozenset()
+        if counted and subscription is not None and subscription.billed:
+            thresholds = self.settings.alert_thresholds
+            if not alerted.issuperset(thresholds):
+                active = self.store.read_active_contacts(group.ref)
+                reached_at = utc_iso(group.latest_event_time)
+                for percent in crossed_thresholds(thresholds, subscription.allowance, active, alerted):
+                    alert = AlertRecord(
+                        group.ref, percent, subscription.allowance, active, subscription.plan, reached_at
+                    )
+                    if self.store.claim_alert(alert, threshold_contacts(subscription.allowance, percent)):
+                        pending.append(alert)
+        if pending:
+            gateways.publish(self.settings.event_bus_name, USAGE_ALERT_DETAIL_TYPE, map(alert_detail, pending))
+            self.store.mark_alerts_published(group.ref, [alert.threshold_percent for alert in pending])
+            outcome.alerts.extend(pending)
+
+    def _record_late(
+        self, outcome: RecordingOutcome, message_id: str, event: ContactEvent | StatusRenamed, ref: PeriodRef
+    ) -> None:
+        late = LateEvent(ref, event.id, event.detail_type, utc_iso(event.occurred_at), utc_iso(datetime.now(UTC)))
+        try:
+            if self.store.record_late(late):
+                outcome.late.append(late)
+        except StoreUnavailable:
+            if not message_id:
+                raise
+            outcome.failed_message_ids.add(message_id)
+
+
+def alert_detail(alert: AlertRecord) -> dict[str, Any]:
+    """The `Usage Threshold Reached` event detail."""
+    return {
+        "accountId": alert.ref.account_id,
+        "period": alert.ref.period,
+        "thresholdPercent": alert.threshold_percent,
+        "activeContacts": alert.active_contacts,
+        "allowance": alert.allowance,
+        "plan": alert.plan,
+        "reachedAt": alert.reached_at,
+    }

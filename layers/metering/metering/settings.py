@@ -1,0 +1,57 @@
+"""Configuration, read once from the environment at cold start into typed models that fail fast."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Annotated, Self
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from metering.events import TimezoneName
+
+
+def _split_csv(value: object) -> object:
+    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+
+Percentages = Annotated[tuple[Annotated[int, Field(gt=0, le=1000)], ...], BeforeValidator(_split_csv)]
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    table_name: str = Field(alias="TABLE_NAME", min_length=3)
+    default_timezone: TimezoneName = Field(alias="DEFAULT_TIMEZONE", default="UTC")
+    grace_hours: float = Field(alias="GRACE_HOURS", default=6, ge=0, le=72)
+
+    @property
+    def grace(self) -> timedelta:
+        return timedelta(hours=self.grace_hours)
+
+    @classmethod
+    def from_env(cls) -> Self:
+        """Read the process environment; a missing required variable raises at import, not mid-batch."""
+        return cls.model_validate(dict(os.environ))
+
+
+class RecorderSettings(_Settings):
+    """RecordActivity: where activations, fan-out chunks and alerts go."""
+
+    fanout_queue_url: str = Field(alias="FANOUT_QUEUE_URL", min_length=1)
+    event_bus_name: str = Field(alias="EVENT_BUS_NAME", min_length=1)
+    alert_thresholds: Percentages = Field(alias="ALERT_THRESHOLDS", default=(80, 100))
+    attempt_timeout_seconds: int = Field(alias="ATTEMPT_TIMEOUT_SECONDS", default=900, gt=0)
+    claim_check_bucket: str = Field(alias="CLAIM_CHECK_BUCKET", default="")
+
+
+class CloseSettings(_Settings):
+    """ClosePeriods: finds due periods and hands each to InvoiceAccount through the close queue."""
+
+    close_queue_url: str = Field(alias="CLOSE_QUEUE_URL", min_length=1)
+
+
+class InvoiceSettings(_Settings):
+    """InvoiceAccount: seals a period, stores and publishes its invoice."""
+
+    event_bus_name: str = Field(alias="EVENT_BUS_NAME", min_length=1)

@@ -1,0 +1,354 @@
+"""`metering simulate`: replay an EventBridge archive through the real handlers and report what is billed.
+
+The harness plays the parts AWS plays in production and nothing else: it delivers the envelopes to
+RecordActivity as SQS batches, redelivers records the handler reports as failed, drains the fan-out and
+close queues into their functions, and fires the hourly schedule at each period's close instant. It counts
+DynamoDB calls on the functions' own client through botocore's event hooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from threading import Lock
+from types import ModuleType
+from typing import Any
+
+import boto3
+
+from metering import aws
+from metering.provisioning import REPO_ROOT, LocalStack, load_template, provision, tear_down, template_default
+from metering.rules import months_back, utc_iso
+from metering.store import DynamoStore
+
+FUNCTIONS_DIR = REPO_ROOT / "functions"
+FUNCTION_MODULES = {
+    "RecordActivity": "record_activity",
+    "ClosePeriods": "close_periods",
+    "InvoiceAccount": "invoice_account",
+}
+FANOUT_BATCH_SIZE = 2
+CLOSE_BATCH_SIZE = 10
+MAX_RECEIVES = 5
+REGION = "eu-central-1"
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationOptions:
+    events_path: Path
+    now: datetime
+    grace_hours: float | None = None
+    default_timezone: str | None = None
+    endpoint_url: str | None = None
+    batch_size: int | None = None
+    objects_dir: Path | None = None
+    claim_check_bucket: str = "crm-claim-checks"
+
+
+class DynamoDBCallCounter:
+    """Counts API calls and the items they touch (the basis of request-unit cost), per operation."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.items: Counter[str] = Counter()
+        self._lock = Lock()
+
+    def attach(self, client: Any) -> None:
+        client.meta.events.register("before-parameter-build.dynamodb", self._before_call)
+        client.meta.events.register("after-call.dynamodb", self._after_call)
+
+    def _before_call(self, model: Any, params: dict[str, Any], **_: Any) -> None:
+        name = model.name
+        touched = {
+            "BatchGetItem": lambda: sum(len(v.get("Keys", [])) for v in params.get("RequestItems", {}).values()),
+            "BatchWriteItem": lambda: sum(len(v) for v in params.get("RequestItems", {}).values()),
+            "TransactWriteItems": lambda: len(params.get("TransactItems", [])),
+            "TransactGetItems": lambda: len(params.get("TransactItems", [])),
+            "Query": lambda: 0,
+            "Scan": lambda: 0,
+        }.get(name, lambda: 1)()
+        with self._lock:
+            self.calls[name] += 1
+            self.items[name] += touched
+
+    def _after_call(self, model: Any, parsed: dict[str, Any], **_: Any) -> None:
+        if model.name in {"Query", "Scan"}:
+            with self._lock:
+                self.items[model.name] += int(parsed.get("ScannedCount", 0))
+
+
+class _LambdaContext:
+    """The attributes of a Lambda context object that Powertools reads."""
+
+    def __init__(self, function_name: str) -> None:
+        self.function_name = function_name
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = f"arn:aws:lambda:{REGION}:123456789012:function:{function_name}"
+        self.memory_limit_in_mb = 1024
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = "simulate"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 60_000
+
+
+@dataclass(slots=True)
+class _Message:
+    message_id: str
+    body: str
+    sent_at: datetime
+    receive_count: int = 0
+    receipt_handle: str = ""
+
+    def as_sqs_record(self, queue_arn: str) -> dict[str, Any]:
+        return {
+            "messageId": self.message_id,
+            "receiptHandle": self.receipt_handle or self.message_id,
+            "body": self.body,
+            "attributes": {
+                "ApproximateReceiveCount": str(self.receive_count),
+                "SentTimestamp": str(int(self.sent_at.timestamp() * 1000)),
+                "SenderId": "simulate",
+                "ApproximateFirstReceiveTimestamp": str(int(self.sent_at.timestamp() * 1000)),
+            },
+            "messageAttributes": {},
+            "md5OfBody": "",
+            "eventSource": "aws:sqs",
+            "eventSourceARN": queue_arn,
+            "awsRegion": REGION,
+        }
+
+
+@dataclass(slots=True)
+class Simulation:
+    """One replay: its local stack, the loaded functions and what they did."""
+
+    options: SimulationOptions
+    stack: LocalStack
+    grace: timedelta
+    batch_size: int
+    functions: dict[str, ModuleType] = field(default_factory=dict)
+    invocations: Counter[str] = field(default_factory=Counter)
+    dynamodb: DynamoDBCallCounter = field(default_factory=DynamoDBCallCounter)
+    dead_letters: list[str] = field(default_factory=list)
+    events: int = 0
+    report_store: DynamoStore | None = None
+
+    def load_functions(self) -> None:
+        """Import each handler module fresh, as a cold start does, with the stack's environment set."""
+        aws.reset_clients()
+        for function_name, folder in FUNCTION_MODULES.items():
+            module_name = f"simulated_{folder}_{uuid.uuid4().hex[:8]}"
+            spec = importlib.util.spec_from_file_location(module_name, FUNCTIONS_DIR / folder / "app.py")
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            self.functions[function_name] = module
+        self.dynamodb.attach(aws.dynamodb())
+        self.report_store = DynamoStore(self.stack.table_name, boto3.client("dynamodb"))
+
+    def invoke(self, function_name: str, event: dict[str, Any]) -> Any:
+        self.invocations[function_name] += 1
+        return self.functions[function_name].handler(event, _LambdaContext(function_name))
+
+    def deliver(self, function_name: str, messages: Sequence[_Message], queue_arn: str) -> list[_Message]:
+        """Invoke with one SQS batch; returns the messages reported as failed (to be redelivered)."""
+        for message in messages:
+            message.receive_count += 1
+        response = self.invoke(function_name, {"Records": [m.as_sqs_record(queue_arn) for m in messages]})
+        failed = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
+        return [message for message in messages if message.message_id in failed]
+
+    def deliver_until_done(self, function_name: str, messages: Sequence[_Message], queue_arn: str) -> None:
+        """Deliver a batch and redeliver what fails, as SQS does, until it succeeds or dead-letters."""
+        pending = list(messages)
+        while pending:
+            failed = self.deliver(function_name, pending, queue_arn)
+            self.dead_letters += [m.message_id for m in failed if m.receive_count >= MAX_RECEIVES]
+            pending = [m for m in failed if m.receive_count < MAX_RECEIVES]
+            self.drain_queue("RecordActivity", self.stack.fanout_queue_url, FANOUT_BATCH_SIZE)
+
+    def drain_queue(self, function_name: str, queue_url: str, batch_size: int) -> None:
+        """Feed everything waiting in a local queue to its consumer in batches of the template's size."""
+        sqs = boto3.client("sqs")
+        arn = f"arn:aws:sqs:{REGION}:123456789012:{queue_url.rsplit('/', 1)[-1]}"
+        while True:
+            received = sqs.receive_message(
+                QueueUrl=queue_url, MaxNumberOfMessages=min(batch_size, 10), AttributeNames=["All"]
+            ).get("Messages", [])
+            if not received:
+                return
+            batch = [
+                _Message(m["MessageId"], m["Body"], datetime.now(UTC), receipt_handle=m["ReceiptHandle"])
+                for m in received
+            ]
+            for message in batch:
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message.receipt_handle)
+            self.deliver_until_done(function_name, batch, arn)
+
+    def record(self, lines: Sequence[tuple[str, datetime]]) -> None:
+        if not lines:
+            return
+        messages = [_Message(str(uuid.uuid5(uuid.NAMESPACE_URL, f"{i}:{body}")), body, sent) for i, (body, sent)
+                    in enumerate(lines, start=self.events)]
+        self.events += len(lines)
+        self.deliver_until_done("RecordActivity", messages, f"arn:aws:sqs:{REGION}:123456789012:activity")
+
+    def close_as_of(self, instant: datetime) -> None:
+        """The hourly schedule firing at `instant`, then the close queue drained into InvoiceAccount."""
+        self.invoke("ClosePeriods", {"scheduledTime": utc_iso(instant).replace(".000000Z", "Z")})
+        self.drain_queue("InvoiceAccount", self.stack.close_queue_url, CLOSE_BATCH_SIZE)
+
+    def next_close(self, after: datetime) -> datetime | None:
+        """The earliest close instant (period end + grace) among the periods still open."""
+        assert self.report_store is not None
+        ends = self.report_store.open_period_ends(months_back(after, 15))
+        return min(ends) + self.grace if ends else None
+
+    def replay(self, envelopes: Iterator[tuple[str, datetime]]) -> None:
+        pending: list[tuple[str, datetime]] = []
+        due = None
+        clock = datetime.min.replace(tzinfo=UTC)
+        for body, sent_at in envelopes:
+            clock = max(clock, sent_at)
+            while due is not None and clock >= due:
+                self.record(pending)
+                pending = []
+                self.close_as_of(due)
+                due = self.next_close(clock)
+            pending.append((body, sent_at))
+            if len(pending) >= self.batch_size:
+                self.record(pending)
+                pending = []
+                due = self.next_close(clock)
+        self.record(pending)
+        now = self.options.now
+        closed_at_now = False
+        while (due := self.next_close(now)) is not None and due <= now:
+            self.close_as_of(due)
+            closed_at_now = due == now
+        if not closed_at_now:
+            self.close_as_of(now)
+
+    def report(self) -> dict[str, Any]:
+        assert self.report_store is not None
+        report = self.report_store.read_report()
+        report["stats"] = {
+            "events": self.events,
+            "dynamodb": dict(sorted(self.dynamodb.calls.items())),
+            "dynamodbItems": dict(sorted(self.dynamodb.items.items())),
+            "invocations": dict(sorted(self.invocations.items())),
+        }
+        return report
+
+
+def read_envelopes(path: Path) -> Iterator[tuple[str, datetime]]:
+    """Each non-empty line with the bus time it carries; a line without a readable time keeps the clock."""
+    clock = datetime.min.replace(tzinfo=UTC)
+    with path.open(encoding="utf-8") as stream:
+        for line in stream:
+            body = line.rstrip("\r\n")
+            if not body.strip():
+                continue
+            clock = max(clock, _bus_time(body) or clock)
+            yield body, clock
+
+
+def _bus_time(body: str) -> datetime | None:
+    try:
+        stamp = datetime.fromisoformat(json.loads(body)["time"])
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+    return stamp if stamp.tzinfo is not None else None
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _aws_backend(endpoint_url: str | None) -> Iterator[None]:
+    """Embedded moto by default; any endpoint (moto_server, LocalStack, DynamoDB Local...) otherwise."""
+    if endpoint_url:
+        with _environment({"AWS_ENDPOINT_URL": endpoint_url}):
+            yield
+        return
+    from moto import mock_aws
+
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+    }
+    with _environment(credentials), mock_aws():
+        yield
+
+
+def upload_claim_checks(objects_dir: Path | None, bucket: str) -> None:
+    """Put every file under `objects_dir` in the claim-check bucket, keyed by its relative path."""
+    if objects_dir is None or not objects_dir.is_dir():
+        return
+    s3 = boto3.client("s3")
+    for path in sorted(p for p in objects_dir.rglob("*") if p.is_file()):
+        s3.put_object(Bucket=bucket, Key=path.relative_to(objects_dir).as_posix(), Body=path.read_bytes())
+
+
+def simulate(options: SimulationOptions, on_stack: Callable[[LocalStack], None] | None = None) -> dict[str, Any]:
+    """Run one replay and return the report of SPEC §4."""
+    template = load_template()
+    grace_hours = options.grace_hours if options.grace_hours is not None else float(
+        template_default(template, "GraceHours")
+    )
+    environment = {
+        "AWS_DEFAULT_REGION": REGION,
+        "DEFAULT_TIMEZONE": options.default_timezone or template_default(template, "DefaultTimezone"),
+        "GRACE_HOURS": str(grace_hours),
+        "ALERT_THRESHOLDS": template_default(template, "AlertThresholds"),
+        "ATTEMPT_TIMEOUT_SECONDS": "1",
+        "POWERTOOLS_SERVICE_NAME": "metering",
+        "POWERTOOLS_METRICS_NAMESPACE": "Metering/simulate",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "ERROR"),
+    }
+    objects_dir = options.objects_dir or options.events_path.with_suffix(".objects")
+    with _environment(environment), _aws_backend(options.endpoint_url), contextlib.redirect_stdout(sys.stderr):
+        stack = provision(f"metering-sim-{uuid.uuid4().hex[:8]}", options.claim_check_bucket, template)
+        try:
+            upload_claim_checks(objects_dir, stack.claim_check_bucket)
+            with _environment(stack.environment()):
+                run = Simulation(
+                    options,
+                    stack,
+                    grace=timedelta(hours=grace_hours),
+                    batch_size=options.batch_size or int(template_default(template, "ActivityBatchSize")),
+                )
+                run.load_functions()
+                if on_stack is not None:
+                    on_stack(stack)
+                run.replay(read_envelopes(options.events_path))
+                report = run.report()
+                if run.dead_letters:
+                    print(f"warning: {len(run.dead_letters)} messages dead-lettered", file=sys.stderr)
+        finally:
+            if options.endpoint_url:
+                tear_down(stack)
+    return report

@@ -1,0 +1,678 @@
+"""The one module that knows DynamoDB: every key format, expression and error mapping lives here.
+
+Single-table layout (see docs/design.md):
+
+| item                 | pk                        | sk                          |
+|----------------------|---------------------------|-----------------------------|
+| period summary       | `{account}#{period}`      | `summary`                   |
+| active contact       | `{account}#{period}`      | `contact#{contactId}`       |
+| applied attempt      | `{account}#{period}`      | `attempt#{token}`           |
+| late event           | `{account}#{period}`      | `late#{eventId}`            |
+| invoice              | `{account}#{period}`      | `invoice`                   |
+| subscription change  | `{account}#subscriptions` | `{effectiveAt}#{eventId}`   |
+| rejected event       | `#rejected#{YYYY-MM}`     | `{eventId}`                 |
+
+Ids match `^[A-Za-z0-9]...` without `#`, so no account can forge another item's key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from metering import aws
+from metering.model import (
+    Activation,
+    AlertRecord,
+    ContactRecord,
+    Invoice,
+    LateEvent,
+    PeriodClosed,
+    PeriodRef,
+    PeriodSummary,
+    Rejection,
+    StoreUnavailable,
+)
+from metering.rules import InvoiceLines, Subscription, utc_iso
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+OPEN_PERIODS_INDEX = "OpenPeriods"
+SUMMARY_SK = "summary"
+INVOICE_SK = "invoice"
+CONTACT_PREFIX = "contact#"
+ATTEMPT_PREFIX = "attempt#"
+LATE_PREFIX = "late#"
+REJECTED_PREFIX = "#rejected#"
+SUBSCRIPTIONS_SUFFIX = "#subscriptions"
+
+CONTACT_RETENTION = timedelta(days=400)
+ATTEMPT_RETENTION = timedelta(days=35)
+BATCH_GET_LIMIT = 100
+BATCH_WRITE_LIMIT = 25
+WRITE_THREADS = 8
+
+Item = dict[str, Any]
+T = TypeVar("T")
+
+
+def period_pk(ref: PeriodRef) -> str:
+    return f"{ref.account_id}#{ref.period}"
+
+
+def ref_from_pk(pk: str) -> PeriodRef:
+    account_id, period = pk.rsplit("#", 1)
+    return PeriodRef(account_id, period)
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _n(value: int) -> dict[str, str]:
+    return {"N": str(value)}
+
+
+def _epoch(instant: datetime) -> dict[str, str]:
+    return _n(int(instant.timestamp()))
+
+
+def _key(pk: str, sk: str) -> dict[str, dict[str, str]]:
+    return {"pk": _s(pk), "sk": _s(sk)}
+
+
+def _text(item: Item, name: str, default: str = "") -> str:
+    value = item.get(name)
+    return str(value["S"]) if value else default
+
+
+def _int(item: Item, name: str) -> int:
+    value = item.get(name)
+    return int(value["N"]) if value else 0
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class DynamoStore:
+    """Reads and writes of the metering table; domain code sees only the values of `metering.model`."""
+
+    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
+        self._table = table_name
+        self._client = client
+        self._writers = ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="ddb-write")
+
+    @property
+    def client(self) -> DynamoDBClient:
+        return self._client or aws.dynamodb()
+
+    def _call(self, operation: Callable[..., T], **kwargs: Any) -> T:
+        """Run one API call; throttling and server faults that outlive botocore's retries become
+        `StoreUnavailable`, so callers retry only the work that depends on it."""
+        try:
+            return operation(**kwargs)
+        except ClientError as exc:
+            if _error_code(exc) in {"ConditionalCheckFailedException", "TransactionCanceledException"}:
+                raise
+            raise StoreUnavailable(f"DynamoDB {_error_code(exc) or 'error'}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"DynamoDB unreachable: {exc}") from exc
+
+    # ---- reads of the recording path ----
+
+    def read_period_state(
+        self, refs: Iterable[PeriodRef], contacts: Iterable[tuple[PeriodRef, str]]
+    ) -> tuple[dict[PeriodRef, PeriodSummary], dict[tuple[PeriodRef, str], ContactRecord]]:
+        """Summaries of `refs` and which of `contacts` are already active, in as few BatchGetItem calls
+        as the 100-key limit allows (eventually consistent: a miss is settled by the conditional write)."""
+        keys = [_key(period_pk(ref), SUMMARY_SK) for ref in refs]
+        keys += [_key(period_pk(ref), CONTACT_PREFIX + contact_id) for ref, contact_id in contacts]
+        summaries: dict[PeriodRef, PeriodSummary] = {}
+        existing: dict[tuple[PeriodRef, str], ContactRecord] = {}
+        for item in self._batch_get(keys, "pk, sk, activeContacts, closedAt, outcome, alerts, eventId, "
+                                    "detailType, occurredAt, attempt"):
+            ref, sk = ref_from_pk(_text(item, "pk")), _text(item, "sk")
+            if sk == SUMMARY_SK:
+                summaries[ref] = _summary(ref, item)
+            else:
+                record = _contact(item)
+                existing[(ref, record.contact_id)] = record
+        return summaries, existing
+
+    def applied_attempts(self, ref: PeriodRef, attempts: Iterable[str]) -> set[str]:
+        """Which of these write attempts have had their contacts added to the period's count."""
+        keys = [_key(period_pk(ref), ATTEMPT_PREFIX + attempt) for attempt in attempts]
+        return {_text(item, "sk").removeprefix(ATTEMPT_PREFIX) for item in self._batch_get(keys, "sk")}
+
+    def count_attempt_contacts(self, ref: PeriodRef, attempt: str) -> int:
+        """How many contacts one write attempt stored (the recovery path after a crash; reads the period)."""
+        total = 0
+        for page in self._query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            FilterExpression="attempt = :attempt",
+            ExpressionAttributeValues={
+                ":pk": _s(period_pk(ref)), ":prefix": _s(CONTACT_PREFIX), ":attempt": _s(attempt),
+            },
+            Select="COUNT",
+        ):
+            total += int(page.get("Count", 0))
+        return total
+
+    def read_active_contacts(self, ref: PeriodRef) -> int:
+        """The exact current count (strongly consistent), for threshold alerts after an increment."""
+        response = self._call(
+            self.client.get_item,
+                TableName=self._table,
+            Key=_key(period_pk(ref), SUMMARY_SK),
+            ProjectionExpression="activeContacts",
+            ConsistentRead=True,
+        )
+        return _int(response.get("Item", {}), "activeContacts")
+
+    def load_subscriptions(self, account_ids: Iterable[str]) -> dict[str, list[Subscription]]:
+        """The full subscription history of each account (a handful of items each)."""
+        histories: dict[str, list[Subscription]] = {}
+        for account_id in account_ids:
+            histories[account_id] = [
+                _subscription(account_id, item)
+                for page in self._query(
+                    KeyConditionExpression="pk = :pk",
+                    ExpressionAttributeValues={":pk": _s(account_id + SUBSCRIPTIONS_SUFFIX)},
+                )
+                for item in page.get("Items", [])
+            ]
+        return histories
+
+    # ---- writes of the recording path ----
+
+    def insert_contacts(
+        self, activations: Sequence[Activation], attempt: str, expires_after: datetime
+    ) -> tuple[list[Activation], list[ContactRecord]]:
+        """Conditionally create one item per contact. Returns the activations this attempt stored and the
+        records that already existed. A write that succeeded but whose answer was lost is recognised on retry
+        by its attempt token, so it still counts as ours."""
+        expires_at = _epoch(expires_after + CONTACT_RETENTION)
+
+        def put(activation: Activation) -> ContactRecord | None:
+            item = {
+                **_key(period_pk(activation.ref), CONTACT_PREFIX + activation.contact_id),
+                "eventId": _s(activation.event_id),
+                "detailType": _s(activation.detail_type),
+                "occurredAt": _s(utc_iso(activation.occurred_at)),
+                "attempt": _s(attempt),
+                "expiresAt": expires_at,
+            }
+            try:
+                self._call(
+                    self.client.put_item,
+                TableName=self._table,
+                    Item=item,
+                    ConditionExpression="attribute_not_exists(pk)",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except ClientError as exc:
+                old = exc.response.get("Item")  # type: ignore[attr-defined]
+                if not old:
+                    raise StoreUnavailable("conditional write failed without the existing item") from exc
+                record = _contact(old)
+                return None if record.attempt == attempt else record
+            return None
+
+        inserted: list[Activation] = []
+        existing: list[ContactRecord] = []
+        for activation, outcome in zip(activations, self._writers.map(put, activations), strict=True):
+            if outcome is None:
+                inserted.append(activation)
+            else:
+                existing.append(outcome)
+        return inserted, existing
+
+    def apply_attempt(self, ref: PeriodRef, attempt: str, contacts: int, period_end: datetime) -> bool:
+        """Add an attempt's new contacts to the period count, atomically with a marker that makes it
+        idempotent. False: this attempt was applied before. Raises PeriodClosed if the period is sealed."""
+        pk = period_pk(ref)
+        try:
+            self._call(
+                self.client.transact_write_items,
+                ClientRequestToken=attempt[:36],
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": _key(pk, SUMMARY_SK),
+                            "UpdateExpression": (
+                                "ADD activeContacts :n SET accountId = :account, period = :period, "
+                                "periodEnd = if_not_exists(periodEnd, :end), "
+                                "openPeriod = if_not_exists(openPeriod, :period), "
+                                "openPeriodEnd = if_not_exists(openPeriodEnd, :end), "
+                                "alerts = if_not_exists(alerts, :noAlerts)"
+                            ),
+                            "ConditionExpression": "attribute_not_exists(closedAt)",
+                            "ExpressionAttributeValues": {
+                                ":n": _n(contacts),
+                                ":account": _s(ref.account_id),
+                                ":period": _s(ref.period),
+                                ":end": _s(utc_iso(period_end)),
+                                ":noAlerts": {"M": {}},
+                            },
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self._table,
+                            "Item": {
+                                **_key(pk, ATTEMPT_PREFIX + attempt),
+                                "contacts": _n(contacts),
+                                "expiresAt": _epoch(datetime.now(UTC) + ATTEMPT_RETENTION),
+                            },
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                ],
+            )
+        except ClientError as exc:
+            codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons", [])]  # type: ignore[attr-defined]
+            if len(codes) == 2 and codes[1] == "ConditionalCheckFailed":
+                return False
+            if len(codes) == 2 and codes[0] == "ConditionalCheckFailed":
+                raise PeriodClosed(pk) from exc
+            raise StoreUnavailable(f"transaction cancelled: {codes}") from exc
+        return True
+
+    def delete_contacts(self, ref: PeriodRef, contact_ids: Iterable[str], attempt: str) -> None:
+        """Undo an attempt's contacts in a period that sealed before they were counted (they become late)."""
+        pk = period_pk(ref)
+
+        def delete(contact_id: str) -> None:
+            try:
+                self._call(
+                    self.client.delete_item,
+                TableName=self._table,
+                    Key=_key(pk, CONTACT_PREFIX + contact_id),
+                    ConditionExpression="attempt = :attempt",
+                    ExpressionAttributeValues={":attempt": _s(attempt)},
+                )
+            except ClientError:
+                return
+
+        list(self._writers.map(delete, contact_ids))
+
+    def claim_alert(self, alert: AlertRecord, needed_contacts: int) -> bool:
+        """Record that a threshold was reached; true only for the one caller that records it first."""
+        try:
+            self._call(
+                self.client.update_item,
+                TableName=self._table,
+                Key=_key(period_pk(alert.ref), SUMMARY_SK),
+                UpdateExpression="SET alerts.#percent = :alert",
+                ConditionExpression="attribute_not_exists(alerts.#percent) AND activeContacts >= :needed",
+                ExpressionAttributeNames={"#percent": str(alert.threshold_percent)},
+                ExpressionAttributeValues={
+                    ":needed": _n(needed_contacts),
+                    ":alert": {
+                        "M": {
+                            "allowance": _n(alert.allowance),
+                            "activeContacts": _n(alert.active_contacts),
+                            "plan": _s(alert.plan),
+                            "reachedAt": _s(alert.reached_at),
+                        }
+                    },
+                },
+            )
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def mark_alerts_published(self, ref: PeriodRef, percents: Sequence[int]) -> None:
+        names = {f"#p{index}": str(percent) for index, percent in enumerate(percents)}
+        self._call(
+            self.client.update_item,
+            TableName=self._table,
+            Key=_key(period_pk(ref), SUMMARY_SK),
+            UpdateExpression="SET " + ", ".join(f"alerts.{name}.publishedAt = :at" for name in names),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={":at": _s(utc_iso(datetime.now(UTC)))},
+        )
+
+    def record_late(self, late: LateEvent) -> bool:
+        """Keep a late event once per event id; true when this call stored it."""
+        try:
+            self._call(
+                self.client.put_item,
+                TableName=self._table,
+                Item={
+                    **_key(period_pk(late.ref), LATE_PREFIX + late.event_id),
+                    "eventId": _s(late.event_id),
+                    "detailType": _s(late.detail_type),
+                    "occurredAt": _s(late.occurred_at),
+                    "receivedAt": _s(late.received_at),
+                },
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def save_rejections(self, rejections: Sequence[Rejection]) -> None:
+        """Store rejected events by id (a redelivery overwrites the same item)."""
+        self._batch_write(
+            {
+                **_key(REJECTED_PREFIX + rejection.received_at[:7], rejection.event_id),
+                "eventId": _s(rejection.event_id),
+                "reason": _s(rejection.reason),
+                "raw": _s(rejection.raw),
+                "receivedAt": _s(rejection.received_at),
+            }
+            for rejection in rejections
+        )
+
+    def save_subscriptions(self, subscriptions: Sequence[Subscription]) -> None:
+        """Store subscription changes; the key is the change itself, so a redelivery rewrites the same item."""
+        self._batch_write(_subscription_item(subscription) for subscription in subscriptions)
+
+    # ---- period close ----
+
+    def due_periods(self, labels: Iterable[str], period_end_before: datetime) -> list[PeriodRef]:
+        """Open periods (of the given month labels) that ended at or before the cut-off."""
+        refs: list[PeriodRef] = []
+        for label in labels:
+            for page in self._query(
+                IndexName=OPEN_PERIODS_INDEX,
+                KeyConditionExpression="openPeriod = :period AND openPeriodEnd <= :cutoff",
+                ExpressionAttributeValues={":period": _s(label), ":cutoff": _s(utc_iso(period_end_before))},
+            ):
+                refs.extend(ref_from_pk(_text(item, "pk")) for item in page.get("Items", []))
+        return refs
+
+    def open_period_ends(self, labels: Iterable[str]) -> list[datetime]:
+        """End instants of every period still open (for the replay harness's schedule)."""
+        return [
+            datetime.fromisoformat(_text(item, "openPeriodEnd"))
+            for label in labels
+            for page in self._query(
+                IndexName=OPEN_PERIODS_INDEX,
+                KeyConditionExpression="openPeriod = :period",
+                ExpressionAttributeValues={":period": _s(label)},
+            )
+            for item in page.get("Items", [])
+        ]
+
+    def seal_period(self, ref: PeriodRef, closed_at: datetime) -> PeriodSummary:
+        """Stop the count: later increments fail their condition and become late. Idempotent."""
+        response = self._call(
+            self.client.update_item,
+                TableName=self._table,
+            Key=_key(period_pk(ref), SUMMARY_SK),
+            UpdateExpression="SET closedAt = if_not_exists(closedAt, :closedAt)",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeValues={":closedAt": _s(utc_iso(closed_at))},
+            ReturnValues="ALL_NEW",
+        )
+        return _summary(ref, response["Attributes"])
+
+    def save_invoice(self, invoice: Invoice) -> Invoice:
+        """Store the invoice once; a second attempt gets the one stored first."""
+        lines = invoice.lines
+        item = {
+            **_key(period_pk(invoice.ref), INVOICE_SK),
+            "invoiceId": _s(invoice.invoice_id),
+            "plan": _s(lines.plan),
+            "billingCycle": _s(lines.billing_cycle),
+            "includedContacts": _n(lines.included_contacts),
+            "addonContacts": _n(lines.addon_contacts),
+            "allowance": _n(lines.allowance),
+            "activeContacts": _n(lines.active_contacts),
+            "overusageContacts": _n(lines.overusage_contacts),
+            "unitPriceCents": _n(lines.unit_price_cents),
+            "amountCents": _n(lines.amount_cents),
+            "currency": _s(lines.currency),
+            "issuedAt": _s(invoice.issued_at),
+        }
+        try:
+            self._call(
+                self.client.put_item,
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            old = exc.response.get("Item")  # type: ignore[attr-defined]
+            if not old:
+                raise StoreUnavailable("invoice write failed without the stored invoice") from exc
+            return _invoice(invoice.ref, old)
+        return invoice
+
+    def invoice_published(self, ref: PeriodRef) -> bool:
+        response = self._call(
+            self.client.get_item,
+                TableName=self._table,
+            Key=_key(period_pk(ref), INVOICE_SK),
+            ProjectionExpression="publishedAt",
+            ConsistentRead=True,
+        )
+        return "publishedAt" in response.get("Item", {})
+
+    def mark_invoice_published(self, ref: PeriodRef, published_at: datetime) -> None:
+        self._call(
+            self.client.update_item,
+                TableName=self._table,
+            Key=_key(period_pk(ref), INVOICE_SK),
+            UpdateExpression="SET publishedAt = if_not_exists(publishedAt, :at)",
+            ExpressionAttributeValues={":at": _s(utc_iso(published_at))},
+        )
+
+    def finish_close(self, ref: PeriodRef, outcome: str) -> None:
+        """Record how the period ended and take it off the open-periods index (the last step of a close)."""
+        self._call(
+            self.client.update_item,
+                TableName=self._table,
+            Key=_key(period_pk(ref), SUMMARY_SK),
+            UpdateExpression="SET outcome = :outcome REMOVE openPeriod, openPeriodEnd",
+            ExpressionAttributeValues={":outcome": _s(outcome)},
+        )
+
+    # ---- reports (operators and `simulate`; they read whole partitions or the table) ----
+
+    def scan_items(self) -> Iterator[Item]:
+        """Every item of the table, for reports over small tables (simulate, tests)."""
+        for page in self.client.get_paginator("scan").paginate(TableName=self._table):
+            yield from page.get("Items", [])
+
+    def read_report(self) -> dict[str, list[dict[str, Any]]]:
+        """Invoices, usage, alerts, rejected and late events of the whole table in the wire form of SPEC §4,
+        each list sorted by account, period, then threshold or event id."""
+        invoices, usage, alerts, rejected, late = [], [], [], {}, []
+        for item in self.scan_items():
+            pk, sk = _text(item, "pk"), _text(item, "sk")
+            if pk.startswith(REJECTED_PREFIX):
+                rejected[_text(item, "eventId")] = {"eventId": _text(item, "eventId"), "reason": _text(item, "reason")}
+                continue
+            if pk.endswith(SUBSCRIPTIONS_SUFFIX):
+                continue
+            ref = ref_from_pk(pk)
+            if sk == INVOICE_SK:
+                detail = _invoice(ref, item).as_detail()
+                del detail["invoiceId"], detail["issuedAt"]
+                invoices.append(detail)
+            elif sk == SUMMARY_SK:
+                summary = _summary(ref, item)
+                if summary.active_contacts > 0:
+                    usage.append({
+                        "accountId": ref.account_id, "period": ref.period,
+                        "activeContacts": summary.active_contacts, "closed": summary.closed_at is not None,
+                    })
+                alerts += [
+                    {"accountId": ref.account_id, "period": ref.period, "thresholdPercent": int(percent),
+                     "allowance": _int(value["M"], "allowance")}
+                    for percent, value in item.get("alerts", {}).get("M", {}).items()
+                ]
+            elif sk.startswith(LATE_PREFIX):
+                late.append({"eventId": _text(item, "eventId"), "accountId": ref.account_id, "period": ref.period})
+        return {
+            "invoices": sorted(invoices, key=lambda row: (row["accountId"], row["period"])),
+            "usage": sorted(usage, key=lambda row: (row["accountId"], row["period"])),
+            "alerts": sorted(alerts, key=lambda row: (row["accountId"], row["period"], row["thresholdPercent"])),
+            "rejected": sorted(rejected.values(), key=lambda row: row["eventId"]),
+            "late": sorted(late, key=lambda row: (row["accountId"], row["period"], row["eventId"])),
+        }
+
+    def list_rejections(self, month: str) -> list[tuple[str, str, str, str]]:
+        """Rejected events received in a month: (event id, reason, received at, raw body)."""
+        return [
+            (_text(item, "eventId"), _text(item, "reason"), _text(item, "receivedAt"), _text(item, "raw"))
+            for page in self._query(
+                KeyConditionExpression="pk = :pk",
+                ExpressionAttributeValues={":pk": _s(REJECTED_PREFIX + month)},
+            )
+            for item in page.get("Items", [])
+        ]
+
+    def delete_rejection(self, month: str, event_id: str) -> None:
+        self._call(self.client.delete_item, TableName=self._table, Key=_key(REJECTED_PREFIX + month, event_id))
+
+    # ---- plumbing ----
+
+    def _query(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        start: dict[str, Any] | None = None
+        while True:
+            page = self._call(self.client.query, TableName=self._table, **kwargs, **({"ExclusiveStartKey": start} if start else {}))
+            yield page
+            start = page.get("LastEvaluatedKey")
+            if not start:
+                return
+
+    def _batch_get(self, keys: list[dict[str, Any]], projection: str) -> Iterator[Item]:
+        unique = list({(key["pk"]["S"], key["sk"]["S"]): key for key in keys}.values())
+        for offset in range(0, len(unique), BATCH_GET_LIMIT):
+            pending: list[dict[str, Any]] = unique[offset : offset + BATCH_GET_LIMIT]
+            for delay in _backoff():
+                response = self._call(
+                    self.client.batch_get_item,
+                    RequestItems={self._table: {"Keys": pending, "ProjectionExpression": projection}},
+                )
+                yield from response.get("Responses", {}).get(self._table, [])
+                pending = response.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
+                if not pending:
+                    break
+                time.sleep(delay)
+            else:
+                raise StoreUnavailable("BatchGetItem left keys unprocessed")
+
+    def _batch_write(self, items: Iterable[Item]) -> None:
+        unique = list({(item["pk"]["S"], item["sk"]["S"]): item for item in items}.values())
+        for offset in range(0, len(unique), BATCH_WRITE_LIMIT):
+            pending: list[dict[str, Any]] = [
+                {"PutRequest": {"Item": item}} for item in unique[offset : offset + BATCH_WRITE_LIMIT]
+            ]
+            for delay in _backoff():
+                response = self._call(self.client.batch_write_item, RequestItems={self._table: pending})
+                pending = response.get("UnprocessedItems", {}).get(self._table, [])  # type: ignore[assignment]
+                if not pending:
+                    break
+                time.sleep(delay)
+            else:
+                raise StoreUnavailable("BatchWriteItem left items unprocessed")
+
+
+def _backoff(attempts: int = 6, base: float = 0.05) -> Iterator[float]:
+    """Delays between resubmissions of unprocessed batch entries (exponential, capped)."""
+    for attempt in range(attempts):
+        yield min(base * 2**attempt, 2.0)
+
+
+def _summary(ref: PeriodRef, item: Item) -> PeriodSummary:
+    alerts = item.get("alerts", {}).get("M", {})
+    return PeriodSummary(
+        ref=ref,
+        active_contacts=_int(item, "activeContacts"),
+        closed_at=_text(item, "closedAt") or None,
+        outcome=_text(item, "outcome") or None,
+        period_end=_text(item, "periodEnd") or None,
+        alerted_percents=frozenset(int(percent) for percent in alerts),
+        unpublished_alerts=tuple(
+            _alert(ref, int(percent), value["M"])
+            for percent, value in sorted(alerts.items())
+            if "publishedAt" not in value["M"]
+        ),
+    )
+
+
+def _alert(ref: PeriodRef, percent: int, item: Item) -> AlertRecord:
+    return AlertRecord(
+        ref=ref,
+        threshold_percent=percent,
+        allowance=_int(item, "allowance"),
+        active_contacts=_int(item, "activeContacts"),
+        plan=_text(item, "plan"),
+        reached_at=_text(item, "reachedAt"),
+    )
+
+
+def _contact(item: Item) -> ContactRecord:
+    return ContactRecord(
+        contact_id=_text(item, "sk").removeprefix(CONTACT_PREFIX),
+        first_event_id=_text(item, "eventId"),
+        first_detail_type=_text(item, "detailType"),
+        first_occurred_at=_text(item, "occurredAt"),
+        attempt=_text(item, "attempt"),
+    )
+
+
+def _subscription_item(subscription: Subscription) -> Item:
+    item = {
+        **_key(
+            subscription.account_id + SUBSCRIPTIONS_SUFFIX,
+            f"{utc_iso(subscription.effective_at)}#{subscription.event_id}",
+        ),
+        "effectiveAt": _s(utc_iso(subscription.effective_at)),
+        "eventId": _s(subscription.event_id),
+        "plan": _s(subscription.plan),
+        "billingCycle": _s(subscription.billing_cycle),
+        "addonContacts": _n(subscription.addon_contacts),
+    }
+    if subscription.timezone:
+        item["timezone"] = _s(subscription.timezone)
+    return item
+
+
+def _subscription(account_id: str, item: Item) -> Subscription:
+    return Subscription(
+        account_id=account_id,
+        effective_at=datetime.fromisoformat(_text(item, "effectiveAt")),
+        event_id=_text(item, "eventId"),
+        plan=_text(item, "plan"),  # type: ignore[arg-type]
+        billing_cycle=_text(item, "billingCycle"),  # type: ignore[arg-type]
+        addon_contacts=_int(item, "addonContacts"),
+        timezone=_text(item, "timezone") or None,
+    )
+
+
+def _invoice(ref: PeriodRef, item: Item) -> Invoice:
+    return Invoice(
+        ref=ref,
+        issued_at=_text(item, "issuedAt"),
+        lines=InvoiceLines(
+            plan=_text(item, "plan"),  # type: ignore[arg-type]
+            billing_cycle=_text(item, "billingCycle"),  # type: ignore[arg-type]
+            included_contacts=_int(item, "includedContacts"),
+            addon_contacts=_int(item, "addonContacts"),
+            allowance=_int(item, "allowance"),
+            active_contacts=_int(item, "activeContacts"),
+            overusage_contacts=_int(item, "overusageContacts"),
+            unit_price_cents=_int(item, "unitPriceCents"),
+            amount_cents=_int(item, "amountCents"),
+            currency=_text(item, "currency"),
+        ),
+    )
