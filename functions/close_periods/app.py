@@ -3,7 +3,6 @@
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-
 from metering.closing import ScheduledRun, schedule_due_closes
 from metering.observability import MetricUnit, logger, metrics
 from metering.settings import CloseSettings

@@ -5,7 +5,6 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-
 from metering.closing import CloseRequest, close_period
 from metering.observability import emit_close_metrics, logger, metrics
 from metering.settings import InvoiceSettings
@@ -24,4 +23,6 @@ def close_one(record: SQSRecord) -> None:
 @logger.inject_lambda_context
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return dict(process_partial_response(event, record_handler=close_one, processor=PROCESSOR, context=context))
+    return dict(
+        process_partial_response(event, record_handler=close_one, processor=PROCESSOR, context=context)
+    )

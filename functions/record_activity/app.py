@@ -5,7 +5,6 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
-
 from metering.observability import emit_recording_metrics, fail_unfinished, logger, metrics
 from metering.recording import InboundRecord, Recorder
 from metering.settings import RecorderSettings
@@ -22,4 +21,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     outcome = RECORDER.record([InboundRecord(r["messageId"], r["body"]) for r in event["Records"]])
     emit_recording_metrics(outcome)
     unfinished = partial(fail_unfinished, outcome.failed_message_ids)
-    return dict(process_partial_response(event, record_handler=unfinished, processor=PROCESSOR, context=context))
+    return dict(
+        process_partial_response(event, record_handler=unfinished, processor=PROCESSOR, context=context)
+    )

@@ -20,7 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metering", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     simulate = commands.add_parser("simulate", help="replay EventBridge envelopes through the functions")
-    simulate.add_argument("events", type=Path, help="JSON lines, one EventBridge envelope each, in delivery order")
+    simulate.add_argument(
+        "events", type=Path, help="JSON lines, one EventBridge envelope each, in delivery order"
+    )
     simulate.add_argument("--now", type=_instant, required=True, help="the instant of the final close run")
     simulate.add_argument("--grace-hours", type=float, help="hours after a period's end before it closes")
     simulate.add_argument("--default-timezone", help="time zone of accounts without one (default UTC)")
@@ -35,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "simulate":
-        from metering.simulate import SimulationOptions, simulate
+        from metering.simulate import SimulationOptions, simulate  # noqa: PLC0415 - keeps --help fast
 
         report = simulate(
             SimulationOptions(
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         if args.format == "table":
-            from metering.report import print_table
+            from metering.report import print_table  # noqa: PLC0415 - rich only for tables
 
             print_table(report)
         else:

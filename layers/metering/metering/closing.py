@@ -70,8 +70,12 @@ def schedule_due_closes(run: ScheduledRun, store: DynamoStore, settings: CloseSe
     """Find every period whose end plus grace has passed and queue one close request per period."""
     as_of = run.scheduled_time
     due = store.due_periods(months_back(as_of, OPEN_PERIOD_LOOKBACK_MONTHS), as_of - settings.grace)
-    requests = [CloseRequest(account_id=ref.account_id, period=ref.period, as_of=as_of) for ref in sorted(due)]
-    gateways.send_messages(settings.close_queue_url, [request.model_dump_json(by_alias=True) for request in requests])
+    requests = [
+        CloseRequest(account_id=ref.account_id, period=ref.period, as_of=as_of) for ref in sorted(due)
+    ]
+    gateways.send_messages(
+        settings.close_queue_url, [request.model_dump_json(by_alias=True) for request in requests]
+    )
     return requests
 
 

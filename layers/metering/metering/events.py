@@ -1,4 +1,4 @@
-"""The EventBridge contract (SPEC §2) as pydantic models: one envelope per detail-type, one union over them."""
+"""The EventBridge contract (SPEC §2) as pydantic models: an envelope per detail-type, a union over them."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ class SubscriptionChangedDetail(_Detail):
 
 
 class _Envelope(BaseModel):
-    """The EventBridge envelope; `account`, `region` and `resources` are optional (SQS bodies may lack them)."""
+    """The EventBridge envelope; `account`, `region`, `resources` are optional (moto omits them)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 

@@ -22,7 +22,7 @@ _ID = re.compile(ID_PATTERN)
 
 
 def read_claim_check(bucket: str, key: str, *, max_bytes: int = 64 * 1024 * 1024) -> list[str]:
-    """The contact ids of a claim-check object, one per line; a missing object or a bad id rejects the event."""
+    """The contact ids of a claim-check object, one per line; a missing object or bad id rejects the event."""
     try:
         response = aws.s3().get_object(Bucket=bucket, Key=key)
         if int(response.get("ContentLength", 0)) > max_bytes:
@@ -31,7 +31,9 @@ def read_claim_check(bucket: str, key: str, *, max_bytes: int = 64 * 1024 * 1024
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in {"NoSuchKey", "404", "NoSuchBucket", "AccessDenied", "403"}:
-            raise ClaimCheckInvalid(f"claim-check object s3://{bucket}/{key} does not exist ({code})") from exc
+            raise ClaimCheckInvalid(
+                f"claim-check object s3://{bucket}/{key} does not exist ({code})"
+            ) from exc
         raise StoreUnavailable(f"S3 {code or 'error'}") from exc
     except BotoCoreError as exc:
         raise StoreUnavailable(f"S3 unreachable: {exc}") from exc
@@ -78,7 +80,12 @@ def _send_batch(queue_url: str, bodies: list[str], attempts: int = 3) -> None:
 def publish(bus_name: str, detail_type: str, details: Iterable[dict[str, Any]]) -> None:
     """Put events on the bus, 10 per call; any entry the bus refuses fails the call (the caller retries)."""
     entries: list[Any] = [
-        {"Source": PUBLISHED_SOURCE, "DetailType": detail_type, "Detail": json.dumps(detail), "EventBusName": bus_name}
+        {
+            "Source": PUBLISHED_SOURCE,
+            "DetailType": detail_type,
+            "Detail": json.dumps(detail),
+            "EventBusName": bus_name,
+        }
         for detail in details
     ]
     for offset in range(0, len(entries), PUT_EVENTS_LIMIT):

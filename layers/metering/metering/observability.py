@@ -74,4 +74,11 @@ def emit_close_metrics(result: CloseResult | None) -> None:
     )
 
 
-__all__ = ["MetricUnit", "emit_close_metrics", "emit_recording_metrics", "fail_unfinished", "logger", "metrics"]
+__all__ = [
+    "MetricUnit",
+    "emit_close_metrics",
+    "emit_recording_metrics",
+    "fail_unfinished",
+    "logger",
+    "metrics",
+]

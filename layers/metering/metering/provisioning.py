@@ -30,7 +30,7 @@ _CloudFormationLoader.add_multi_constructor("!", _tag)
 
 def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
     with path.open(encoding="utf-8") as stream:
-        document: dict[str, Any] = yaml.load(stream, Loader=_CloudFormationLoader)  # noqa: S506 - safe subclass
+        document: dict[str, Any] = yaml.load(stream, Loader=_CloudFormationLoader)
     return document
 
 
@@ -86,7 +86,9 @@ def provision(name: str, claim_check_bucket: str, template: dict[str, Any] | Non
     )
     sqs = boto3.client("sqs")
     queues = {
-        kind: sqs.create_queue(QueueName=f"{name}-{kind}", Attributes={"VisibilityTimeout": "360"})["QueueUrl"]
+        kind: sqs.create_queue(QueueName=f"{name}-{kind}", Attributes={"VisibilityTimeout": "360"})[
+            "QueueUrl"
+        ]
         for kind in ("fanout", "close")
     }
     boto3.client("events").create_event_bus(Name=name)

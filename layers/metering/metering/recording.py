@@ -220,7 +220,10 @@ def fan_out_chunks(event: StatusRenamed, contact_ids: Sequence[str]) -> list[str
         chunk = {
             **document,
             "id": f"{event.id}#part{index:04d}",
-            "detail": {**document["detail"], "contactIds": list(contact_ids[start : start + MAX_INLINE_CONTACT_IDS])},
+            "detail": {
+                **document["detail"],
+                "contactIds": list(contact_ids[start : start + MAX_INLINE_CONTACT_IDS]),
+            },
         }
         bodies.append(json.dumps(chunk, separators=(",", ":")))
     return bodies
@@ -228,7 +231,7 @@ def fan_out_chunks(event: StatusRenamed, contact_ids: Sequence[str]) -> list[str
 
 @dataclass(slots=True)
 class Recorder:
-    """Records a batch: validation, subscriptions, fan-out, conditional writes, counts, alerts, late events."""
+    """Records a batch: validation, subscriptions, fan-out, conditional writes, counts, alerts, lateness."""
 
     settings: RecorderSettings
     store: DynamoStore
@@ -249,7 +252,8 @@ class Recorder:
             histories = self._subscriptions(parsed)
             groups, late = self._group(parsed, histories, outcome)
             summaries, existing = self.store.read_period_state(
-                groups, [(ref, c) for ref, g in groups.items() for c in g.activations if (ref, c) not in self.known]
+                groups,
+                [(ref, c) for ref, g in groups.items() for c in g.activations if (ref, c) not in self.known],
             )
         except StoreUnavailable:
             outcome.failed_message_ids = {message_id for message_id, _ in parsed}
@@ -286,7 +290,9 @@ class Recorder:
         for message_id, event in parsed:
             if isinstance(event, SubscriptionChanged):
                 continue
-            tz = account_timezone(histories[event.account_id], event.occurred_at, self.settings.default_timezone)
+            tz = account_timezone(
+                histories[event.account_id], event.occurred_at, self.settings.default_timezone
+            )
             ref = PeriodRef(event.account_id, period_of(event.occurred_at, tz))
             if event.time >= close_instant(ref.period, tz, self.settings.grace):
                 late.append((message_id, event, ref))
@@ -300,7 +306,9 @@ class Recorder:
                 groups.setdefault(ref, _Group(ref, tz)).add(message_id, event, contact_ids)
         return groups, late
 
-    def _contacts_of(self, event: ContactEvent | StatusRenamed, outcome: RecordingOutcome) -> Sequence[str] | None:
+    def _contacts_of(
+        self, event: ContactEvent | StatusRenamed, outcome: RecordingOutcome
+    ) -> Sequence[str] | None:
         """The contacts an event activates here; None when it was rejected or handed to the fan-out queue."""
         if not isinstance(event, StatusRenamed):
             return (event.detail.contact_id,)
@@ -313,7 +321,9 @@ class Recorder:
                 raise ClaimCheckInvalid(f"claim-check bucket {claim.bucket!r} is not the configured one")
             contact_ids = gateways.read_claim_check(claim.bucket, claim.key)
         except ClaimCheckInvalid as exc:
-            rejection = Rejection(event.id, str(exc), event.model_dump_json(by_alias=True), utc_iso(datetime.now(UTC)))
+            rejection = Rejection(
+                event.id, str(exc), event.model_dump_json(by_alias=True), utc_iso(datetime.now(UTC))
+            )
             self.store.save_rejections([rejection])
             outcome.rejected.append(rejection)
             return None
@@ -412,14 +422,18 @@ class Recorder:
                     if self.store.claim_alert(alert, threshold_contacts(subscription.allowance, percent)):
                         pending.append(alert)
         if pending:
-            gateways.publish(self.settings.event_bus_name, USAGE_ALERT_DETAIL_TYPE, map(alert_detail, pending))
+            gateways.publish(
+                self.settings.event_bus_name, USAGE_ALERT_DETAIL_TYPE, map(alert_detail, pending)
+            )
             self.store.mark_alerts_published(group.ref, [alert.threshold_percent for alert in pending])
             outcome.alerts.extend(pending)
 
     def _record_late(
         self, outcome: RecordingOutcome, message_id: str, event: ContactEvent | StatusRenamed, ref: PeriodRef
     ) -> None:
-        late = LateEvent(ref, event.id, event.detail_type, utc_iso(event.occurred_at), utc_iso(datetime.now(UTC)))
+        late = LateEvent(
+            ref, event.id, event.detail_type, utc_iso(event.occurred_at), utc_iso(datetime.now(UTC))
+        )
         try:
             if self.store.record_late(late):
                 outcome.late.append(late)

@@ -61,7 +61,9 @@ class Subscription:
         return PLANS[self.plan].billed
 
 
-def subscription_at(history: Iterable[Subscription], instant: datetime, *, inclusive: bool = True) -> Subscription | None:
+def subscription_at(
+    history: Iterable[Subscription], instant: datetime, *, inclusive: bool = True
+) -> Subscription | None:
     """The subscription in effect at `instant`: the latest one effective at or before it (strictly before
     when `inclusive` is false, as for a period's end). Ties on the instant are broken by event id so every
     reader picks the same one."""
@@ -114,7 +116,7 @@ class InvoiceLines:
 
 
 def invoice_lines(subscription: Subscription, active_contacts: int) -> InvoiceLines:
-    """Overusage = max(0, active − allowance), billed at the flat unit price whatever the plan or cycle."""
+    """Overusage = max(0, active - allowance), billed at the flat unit price whatever the plan or cycle."""
     overusage = max(0, active_contacts - subscription.allowance)
     return InvoiceLines(
         plan=subscription.plan,
@@ -131,7 +133,7 @@ def invoice_lines(subscription: Subscription, active_contacts: int) -> InvoiceLi
 
 
 def addon_cost_cents(subscription: Subscription, contacts: int) -> int | None:
-    """What `contacts` extra contacts would cost per month bought in advance as add-ons (None: not offered)."""
+    """What `contacts` extra contacts would cost per month bought in advance as add-ons (None: no add-on)."""
     prices = PLANS[subscription.plan].addon_cents
     return None if prices is None else prices[subscription.billing_cycle] * contacts
 
@@ -154,7 +156,7 @@ def crossed_thresholds(
 
 
 def utc_iso(instant: datetime) -> str:
-    """A fixed-width UTC timestamp (`2026-10-01T08:00:00.000000Z`) that sorts as text the way it sorts in time."""
+    """A fixed-width UTC timestamp (`2026-10-01T08:00:00.000000Z`) that sorts as text as it does in time."""
     utc = instant.astimezone(UTC)
     return (
         f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}"

@@ -67,23 +67,25 @@ class DynamoDBCallCounter:
         client.meta.events.register("after-call.dynamodb", self._after_call)
 
     def _before_call(self, model: Any, params: dict[str, Any], **_: Any) -> None:
-        name = model.name
-        touched = {
-            "BatchGetItem": lambda: sum(len(v.get("Keys", [])) for v in params.get("RequestItems", {}).values()),
-            "BatchWriteItem": lambda: sum(len(v) for v in params.get("RequestItems", {}).values()),
-            "TransactWriteItems": lambda: len(params.get("TransactItems", [])),
-            "TransactGetItems": lambda: len(params.get("TransactItems", [])),
-            "Query": lambda: 0,
-            "Scan": lambda: 0,
-        }.get(name, lambda: 1)()
         with self._lock:
-            self.calls[name] += 1
-            self.items[name] += touched
+            self.calls[model.name] += 1
+            self.items[model.name] += _items_requested(model.name, params)
 
     def _after_call(self, model: Any, parsed: dict[str, Any], **_: Any) -> None:
         if model.name in {"Query", "Scan"}:
             with self._lock:
                 self.items[model.name] += int(parsed.get("ScannedCount", 0))
+
+
+def _items_requested(operation: str, params: dict[str, Any]) -> int:
+    """Items a request names; Query and Scan are counted from the ScannedCount of their answer instead."""
+    if operation == "BatchGetItem":
+        return sum(len(request.get("Keys", [])) for request in params.get("RequestItems", {}).values())
+    if operation == "BatchWriteItem":
+        return sum(len(requests) for requests in params.get("RequestItems", {}).values())
+    if operation in {"TransactWriteItems", "TransactGetItems"}:
+        return len(params.get("TransactItems", []))
+    return 0 if operation in {"Query", "Scan"} else 1
 
 
 class _LambdaContext:
@@ -151,7 +153,8 @@ class Simulation:
         for function_name, folder in FUNCTION_MODULES.items():
             module_name = f"simulated_{folder}_{uuid.uuid4().hex[:8]}"
             spec = importlib.util.spec_from_file_location(module_name, FUNCTIONS_DIR / folder / "app.py")
-            assert spec is not None and spec.loader is not None
+            assert spec is not None
+            assert spec.loader is not None
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             self.functions[function_name] = module
@@ -200,8 +203,10 @@ class Simulation:
     def record(self, lines: Sequence[tuple[str, datetime]]) -> None:
         if not lines:
             return
-        messages = [_Message(str(uuid.uuid5(uuid.NAMESPACE_URL, f"{i}:{body}")), body, sent) for i, (body, sent)
-                    in enumerate(lines, start=self.events)]
+        messages = [
+            _Message(str(uuid.uuid5(uuid.NAMESPACE_URL, f"{i}:{body}")), body, sent)
+            for i, (body, sent) in enumerate(lines, start=self.events)
+        ]
         self.events += len(lines)
         self.deliver_until_done("RecordActivity", messages, f"arn:aws:sqs:{REGION}:123456789012:activity")
 
@@ -294,10 +299,12 @@ def _aws_backend(endpoint_url: str | None) -> Iterator[None]:
         with _environment({"AWS_ENDPOINT_URL": endpoint_url}):
             yield
         return
-    from moto import mock_aws
+    from moto import mock_aws  # noqa: PLC0415 - moto is a development dependency, only needed here
 
     credentials = {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
     }
     with _environment(credentials), mock_aws():
         yield
@@ -312,11 +319,15 @@ def upload_claim_checks(objects_dir: Path | None, bucket: str) -> None:
         s3.put_object(Bucket=bucket, Key=path.relative_to(objects_dir).as_posix(), Body=path.read_bytes())
 
 
-def simulate(options: SimulationOptions, on_stack: Callable[[LocalStack], None] | None = None) -> dict[str, Any]:
+def simulate(
+    options: SimulationOptions, on_stack: Callable[[LocalStack], None] | None = None
+) -> dict[str, Any]:
     """Run one replay and return the report of SPEC §4."""
     template = load_template()
-    grace_hours = options.grace_hours if options.grace_hours is not None else float(
-        template_default(template, "GraceHours")
+    grace_hours = (
+        options.grace_hours
+        if options.grace_hours is not None
+        else float(template_default(template, "GraceHours"))
     )
     environment = {
         "AWS_DEFAULT_REGION": REGION,
@@ -330,7 +341,11 @@ def simulate(options: SimulationOptions, on_stack: Callable[[LocalStack], None] 
         "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "ERROR"),
     }
     objects_dir = options.objects_dir or options.events_path.with_suffix(".objects")
-    with _environment(environment), _aws_backend(options.endpoint_url), contextlib.redirect_stdout(sys.stderr):
+    with (
+        _environment(environment),
+        _aws_backend(options.endpoint_url),
+        contextlib.redirect_stdout(sys.stderr),
+    ):
         stack = provision(f"metering-sim-{uuid.uuid4().hex[:8]}", options.claim_check_bucket, template)
         try:
             upload_claim_checks(objects_dir, stack.claim_check_bucket)

@@ -97,6 +97,13 @@ def _int(item: Item, name: str) -> int:
     return int(value["N"]) if value else 0
 
 
+def _old_item(exc: ClientError) -> Item | None:
+    """The item a failed condition returned (ReturnValuesOnConditionCheckFailure=ALL_OLD)."""
+    response: dict[str, Any] = dict(exc.response)
+    item: Item | None = response.get("Item")
+    return item
+
+
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -136,8 +143,10 @@ class DynamoStore:
         keys += [_key(period_pk(ref), CONTACT_PREFIX + contact_id) for ref, contact_id in contacts]
         summaries: dict[PeriodRef, PeriodSummary] = {}
         existing: dict[tuple[PeriodRef, str], ContactRecord] = {}
-        for item in self._batch_get(keys, "pk, sk, activeContacts, closedAt, outcome, alerts, eventId, "
-                                    "detailType, occurredAt, attempt"):
+        for item in self._batch_get(
+            keys,
+            "pk, sk, activeContacts, closedAt, outcome, alerts, eventId, detailType, occurredAt, attempt",
+        ):
             ref, sk = ref_from_pk(_text(item, "pk")), _text(item, "sk")
             if sk == SUMMARY_SK:
                 summaries[ref] = _summary(ref, item)
@@ -158,7 +167,9 @@ class DynamoStore:
             KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
             FilterExpression="attempt = :attempt",
             ExpressionAttributeValues={
-                ":pk": _s(period_pk(ref)), ":prefix": _s(CONTACT_PREFIX), ":attempt": _s(attempt),
+                ":pk": _s(period_pk(ref)),
+                ":prefix": _s(CONTACT_PREFIX),
+                ":attempt": _s(attempt),
             },
             Select="COUNT",
         ):
@@ -169,7 +180,7 @@ class DynamoStore:
         """The exact current count (strongly consistent), for threshold alerts after an increment."""
         response = self._call(
             self.client.get_item,
-                TableName=self._table,
+            TableName=self._table,
             Key=_key(period_pk(ref), SUMMARY_SK),
             ProjectionExpression="activeContacts",
             ConsistentRead=True,
@@ -212,13 +223,13 @@ class DynamoStore:
             try:
                 self._call(
                     self.client.put_item,
-                TableName=self._table,
+                    TableName=self._table,
                     Item=item,
                     ConditionExpression="attribute_not_exists(pk)",
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
             except ClientError as exc:
-                old = exc.response.get("Item")  # type: ignore[attr-defined]
+                old = _old_item(exc)
                 if not old:
                     raise StoreUnavailable("conditional write failed without the existing item") from exc
                 record = _contact(old)
@@ -278,7 +289,9 @@ class DynamoStore:
                 ],
             )
         except ClientError as exc:
-            codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons", [])]  # type: ignore[attr-defined]
+            response: dict[str, Any] = dict(exc.response)
+            reasons: list[dict[str, Any]] = response.get("CancellationReasons", [])
+            codes = [reason.get("Code") for reason in reasons]
             if len(codes) == 2 and codes[1] == "ConditionalCheckFailed":
                 return False
             if len(codes) == 2 and codes[0] == "ConditionalCheckFailed":
@@ -294,7 +307,7 @@ class DynamoStore:
             try:
                 self._call(
                     self.client.delete_item,
-                TableName=self._table,
+                    TableName=self._table,
                     Key=_key(pk, CONTACT_PREFIX + contact_id),
                     ConditionExpression="attempt = :attempt",
                     ExpressionAttributeValues={":attempt": _s(attempt)},
@@ -378,7 +391,7 @@ class DynamoStore:
         )
 
     def save_subscriptions(self, subscriptions: Sequence[Subscription]) -> None:
-        """Store subscription changes; the key is the change itself, so a redelivery rewrites the same item."""
+        """Store subscription changes; the key is the change, so a redelivery rewrites the same item."""
         self._batch_write(_subscription_item(subscription) for subscription in subscriptions)
 
     # ---- period close ----
@@ -412,7 +425,7 @@ class DynamoStore:
         """Stop the count: later increments fail their condition and become late. Idempotent."""
         response = self._call(
             self.client.update_item,
-                TableName=self._table,
+            TableName=self._table,
             Key=_key(period_pk(ref), SUMMARY_SK),
             UpdateExpression="SET closedAt = if_not_exists(closedAt, :closedAt)",
             ConditionExpression="attribute_exists(pk)",
@@ -448,7 +461,7 @@ class DynamoStore:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            old = exc.response.get("Item")  # type: ignore[attr-defined]
+            old = _old_item(exc)
             if not old:
                 raise StoreUnavailable("invoice write failed without the stored invoice") from exc
             return _invoice(invoice.ref, old)
@@ -457,7 +470,7 @@ class DynamoStore:
     def invoice_published(self, ref: PeriodRef) -> bool:
         response = self._call(
             self.client.get_item,
-                TableName=self._table,
+            TableName=self._table,
             Key=_key(period_pk(ref), INVOICE_SK),
             ProjectionExpression="publishedAt",
             ConsistentRead=True,
@@ -467,7 +480,7 @@ class DynamoStore:
     def mark_invoice_published(self, ref: PeriodRef, published_at: datetime) -> None:
         self._call(
             self.client.update_item,
-                TableName=self._table,
+            TableName=self._table,
             Key=_key(period_pk(ref), INVOICE_SK),
             UpdateExpression="SET publishedAt = if_not_exists(publishedAt, :at)",
             ExpressionAttributeValues={":at": _s(utc_iso(published_at))},
@@ -477,7 +490,7 @@ class DynamoStore:
         """Record how the period ended and take it off the open-periods index (the last step of a close)."""
         self._call(
             self.client.update_item,
-                TableName=self._table,
+            TableName=self._table,
             Key=_key(period_pk(ref), SUMMARY_SK),
             UpdateExpression="SET outcome = :outcome REMOVE openPeriod, openPeriodEnd",
             ExpressionAttributeValues={":outcome": _s(outcome)},
@@ -490,14 +503,17 @@ class DynamoStore:
         for page in self.client.get_paginator("scan").paginate(TableName=self._table):
             yield from page.get("Items", [])
 
-    def read_report(self) -> dict[str, list[dict[str, Any]]]:
+    def read_report(self) -> dict[str, Any]:
         """Invoices, usage, alerts, rejected and late events of the whole table in the wire form of SPEC §4,
         each list sorted by account, period, then threshold or event id."""
         invoices, usage, alerts, rejected, late = [], [], [], {}, []
         for item in self.scan_items():
             pk, sk = _text(item, "pk"), _text(item, "sk")
             if pk.startswith(REJECTED_PREFIX):
-                rejected[_text(item, "eventId")] = {"eventId": _text(item, "eventId"), "reason": _text(item, "reason")}
+                rejected[_text(item, "eventId")] = {
+                    "eventId": _text(item, "eventId"),
+                    "reason": _text(item, "reason"),
+                }
                 continue
             if pk.endswith(SUBSCRIPTIONS_SUFFIX):
                 continue
@@ -509,21 +525,33 @@ class DynamoStore:
             elif sk == SUMMARY_SK:
                 summary = _summary(ref, item)
                 if summary.active_contacts > 0:
-                    usage.append({
-                        "accountId": ref.account_id, "period": ref.period,
-                        "activeContacts": summary.active_contacts, "closed": summary.closed_at is not None,
-                    })
+                    usage.append(
+                        {
+                            "accountId": ref.account_id,
+                            "period": ref.period,
+                            "activeContacts": summary.active_contacts,
+                            "closed": summary.closed_at is not None,
+                        }
+                    )
                 alerts += [
-                    {"accountId": ref.account_id, "period": ref.period, "thresholdPercent": int(percent),
-                     "allowance": _int(value["M"], "allowance")}
+                    {
+                        "accountId": ref.account_id,
+                        "period": ref.period,
+                        "thresholdPercent": int(percent),
+                        "allowance": _int(value["M"], "allowance"),
+                    }
                     for percent, value in item.get("alerts", {}).get("M", {}).items()
                 ]
             elif sk.startswith(LATE_PREFIX):
-                late.append({"eventId": _text(item, "eventId"), "accountId": ref.account_id, "period": ref.period})
+                late.append(
+                    {"eventId": _text(item, "eventId"), "accountId": ref.account_id, "period": ref.period}
+                )
         return {
             "invoices": sorted(invoices, key=lambda row: (row["accountId"], row["period"])),
             "usage": sorted(usage, key=lambda row: (row["accountId"], row["period"])),
-            "alerts": sorted(alerts, key=lambda row: (row["accountId"], row["period"], row["thresholdPercent"])),
+            "alerts": sorted(
+                alerts, key=lambda row: (row["accountId"], row["period"], row["thresholdPercent"])
+            ),
             "rejected": sorted(rejected.values(), key=lambda row: row["eventId"]),
             "late": sorted(late, key=lambda row: (row["accountId"], row["period"], row["eventId"])),
         }
@@ -540,14 +568,21 @@ class DynamoStore:
         ]
 
     def delete_rejection(self, month: str, event_id: str) -> None:
-        self._call(self.client.delete_item, TableName=self._table, Key=_key(REJECTED_PREFIX + month, event_id))
+        self._call(
+            self.client.delete_item, TableName=self._table, Key=_key(REJECTED_PREFIX + month, event_id)
+        )
 
     # ---- plumbing ----
 
-    def _query(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    def _query(self, **kwargs: Any) -> Iterator[Any]:
         start: dict[str, Any] | None = None
         while True:
-            page = self._call(self.client.query, TableName=self._table, **kwargs, **({"ExclusiveStartKey": start} if start else {}))
+            page = self._call(
+                self.client.query,
+                TableName=self._table,
+                **kwargs,
+                **({"ExclusiveStartKey": start} if start else {}),
+            )
             yield page
             start = page.get("LastEvaluatedKey")
             if not start:
@@ -558,9 +593,11 @@ class DynamoStore:
         for offset in range(0, len(unique), BATCH_GET_LIMIT):
             pending: list[dict[str, Any]] = unique[offset : offset + BATCH_GET_LIMIT]
             for delay in _backoff():
-                response = self._call(
-                    self.client.batch_get_item,
-                    RequestItems={self._table: {"Keys": pending, "ProjectionExpression": projection}},
+                response: dict[str, Any] = dict(
+                    self._call(
+                        self.client.batch_get_item,
+                        RequestItems={self._table: {"Keys": pending, "ProjectionExpression": projection}},
+                    )
                 )
                 yield from response.get("Responses", {}).get(self._table, [])
                 pending = response.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
@@ -578,7 +615,8 @@ class DynamoStore:
             ]
             for delay in _backoff():
                 response = self._call(self.client.batch_write_item, RequestItems={self._table: pending})
-                pending = response.get("UnprocessedItems", {}).get(self._table, [])  # type: ignore[assignment]
+                unprocessed: dict[str, Any] = dict(response.get("UnprocessedItems", {}))
+                pending = unprocessed.get(self._table, [])
                 if not pending:
                     break
                 time.sleep(delay)

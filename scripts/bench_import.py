@@ -1,0 +1,63 @@
+"""Cold import time of each handler module relative to `import boto3` alone (SPEC §6 target: <= 1.25).
+
+Each figure is the median of fresh interpreter runs, timed inside the interpreter around the import only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HANDLERS = ("record_activity", "close_periods", "invoice_account")
+ENVIRONMENT = {
+    "AWS_DEFAULT_REGION": "eu-central-1",
+    "TABLE_NAME": "metering-bench",
+    "FANOUT_QUEUE_URL": "https://sqs.eu-central-1.amazonaws.com/123456789012/fanout",
+    "CLOSE_QUEUE_URL": "https://sqs.eu-central-1.amazonaws.com/123456789012/close",
+    "EVENT_BUS_NAME": "metering-bench",
+    "POWERTOOLS_SERVICE_NAME": "metering",
+    "POWERTOOLS_METRICS_NAMESPACE": "Metering/bench",
+}
+TIMER = """
+import sys, time
+sys.path[:0] = {paths!r}
+start = time.perf_counter()
+{statement}
+print(time.perf_counter() - start)
+"""
+
+
+def cold_import_seconds(statement: str, runs: int) -> float:
+    """Median seconds of `statement` in `runs` fresh interpreters (no bytecode writes, warm disk cache)."""
+    code = TIMER.format(paths=[str(REPO / "layers" / "metering"), str(REPO)], statement=statement)
+    samples = [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code], env={**os.environ, **ENVIRONMENT}, check=True,
+                capture_output=True, text=True,
+            ).stdout
+        )
+        for _ in range(runs)
+    ]
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=15)
+    runs = parser.parse_args().runs
+    baseline = cold_import_seconds("import boto3", runs)
+    print(f"python: {sys.version.split()[0]}  runs per figure: {runs}")
+    print(f"import boto3: {baseline * 1000:.1f} ms")
+    for name in HANDLERS:
+        seconds = cold_import_seconds(f"import functions.{name}.app", runs)
+        print(f"import functions.{name}.app: {seconds * 1000:.1f} ms  ratio to boto3: {seconds / baseline:.2f}")
+
+
+if __name__ == "__main__":
+    main()
