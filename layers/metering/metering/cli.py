@@ -31,11 +31,31 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--objects-dir", type=Path, help="claim-check objects (default EVENTS.objects/)")
     simulate.add_argument("--claim-check-bucket", default="crm-claim-checks", help="bucket the events name")
     simulate.add_argument("--format", choices=("json", "table"), default="json")
+
+    recount = commands.add_parser("recount", help="check every running count against its contact items")
+    recount.add_argument("--table", required=True, help="the metering table (stack output TableName)")
+    recount.add_argument("--account", help="only this account (with --period)")
+    recount.add_argument("--period", help="only this period, YYYY-MM (with --account)")
+
+    explain = commands.add_parser("explain", help="list a period's active contacts and what made each active")
+    explain.add_argument("--table", required=True, help="the metering table (stack output TableName)")
+    explain.add_argument("--account", required=True)
+    explain.add_argument("--period", required=True, help="YYYY-MM")
+
+    rejected = commands.add_parser("rejected", help="list or replay rejected events")
+    rejected.add_argument("action", choices=("list", "replay"))
+    rejected.add_argument("--table", required=True, help="the metering table (stack output TableName)")
+    rejected.add_argument("--month", required=True, help="YYYY-MM the events were received in")
+    rejected.add_argument("--event-id", help="replay: the rejected event")
+    rejected.add_argument("--queue-url", help="replay: the activity queue (stack output ActivityQueueUrl)")
+    rejected.add_argument("--corrected", type=Path, help="replay: a file with the corrected envelope")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in {"recount", "explain", "rejected"}:
+        return _operate(args)
     if args.command == "simulate":
         from metering.simulate import SimulationOptions, simulate  # noqa: PLC0415 - keeps --help fast
 
@@ -59,6 +79,40 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(report, sys.stdout, indent=2)
             sys.stdout.write("\n")
     return 0
+
+
+def _operate(args: argparse.Namespace) -> int:
+    """Checks against a real table (credentials and region from the usual AWS environment)."""
+    from metering.model import PeriodRef  # noqa: PLC0415 - keeps --help fast
+    from metering.operations import explain, list_rejected, recount, replay_rejected  # noqa: PLC0415
+    from metering.store import DynamoStore  # noqa: PLC0415
+
+    store = DynamoStore(args.table)
+    if args.command == "rejected":
+        if args.action == "list":
+            json.dump(list_rejected(store, args.month), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+            return 0
+        if not (args.event_id and args.queue_url):
+            raise SystemExit("replay needs --event-id and --queue-url")
+        corrected = args.corrected.read_text(encoding="utf-8").strip() if args.corrected else None
+        replay_rejected(store, args.month, args.event_id, args.queue_url, corrected)
+        print(f"replayed {args.event_id}")
+        return 0
+    if args.command == "explain":
+        json.dump(explain(store, PeriodRef(args.account, args.period)), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if bool(args.account) != bool(args.period):
+        raise SystemExit("--account and --period go together")
+    results = recount(store, PeriodRef(args.account, args.period) if args.account else None)
+    for result in results:
+        state = "ok" if result.consistent else "MISMATCH"
+        print(
+            f"{result.ref.account_id} {result.ref.period} running={result.running_count} "
+            f"items={result.contact_items} {state}"
+        )
+    return 0 if all(result.consistent for result in results) else 1
 
 
 if __name__ == "__main__":

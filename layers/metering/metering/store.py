@@ -1,6 +1,6 @@
 """The one module that knows DynamoDB: every key format, expression and error mapping lives here.
 
-Single-table layout (see docs/design.md):
+Single-table layout (docs/design.md explains it):
 
 | item                 | pk                        | sk                          |
 |----------------------|---------------------------|-----------------------------|
@@ -555,6 +555,46 @@ class DynamoStore:
             "rejected": sorted(rejected.values(), key=lambda row: row["eventId"]),
             "late": sorted(late, key=lambda row: (row["accountId"], row["period"], row["eventId"])),
         }
+
+    def summaries(self) -> Iterator[PeriodSummary]:
+        """Every period summary of the table (a filtered Scan: operator checks, not a hot path)."""
+        for page in self.client.get_paginator("scan").paginate(
+            TableName=self._table,
+            FilterExpression="sk = :summary",
+            ExpressionAttributeValues={":summary": _s(SUMMARY_SK)},
+        ):
+            for item in page.get("Items", []):
+                yield _summary(ref_from_pk(_text(item, "pk")), item)
+
+    def summary(self, ref: PeriodRef) -> PeriodSummary | None:
+        response = self._call(
+            self.client.get_item,
+            TableName=self._table,
+            Key=_key(period_pk(ref), SUMMARY_SK),
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return _summary(ref, item) if item else None
+
+    def contacts(self, ref: PeriodRef) -> Iterator[ContactRecord]:
+        """The active contacts of a period with the first event that made each active."""
+        for page in self._query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues={":pk": _s(period_pk(ref)), ":prefix": _s(CONTACT_PREFIX)},
+        ):
+            for item in page.get("Items", []):
+                yield _contact(item)
+
+    def count_contacts(self, ref: PeriodRef) -> int:
+        """Contact items of a period, counted one by one (the check of the running count)."""
+        return sum(
+            int(page.get("Count", 0))
+            for page in self._query(
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+                ExpressionAttributeValues={":pk": _s(period_pk(ref)), ":prefix": _s(CONTACT_PREFIX)},
+                Select="COUNT",
+            )
+        )
 
     def list_rejections(self, month: str) -> list[tuple[str, str, str, str]]:
         """Rejected events received in a month: (event id, reason, received at, raw body)."""

@@ -1,0 +1,46 @@
+# Targets named for what they do. Every target installs what it needs first (make setup is idempotent).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+export AWS_DEFAULT_REGION ?= eu-central-1
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: setup test test-fast lint build demo bench clean
+
+setup: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 13) else f"Python 3.13 is required (Lambda runtime python3.13), found {v[0]}.{v[1]}: install it or set PYTHON=")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(INSTALLED)
+
+test: setup
+	$(BIN)/pytest -n 2 --durations=10
+
+test-fast: setup
+	$(BIN)/pytest -n 2 -m 'not slow'
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy layers/metering/metering functions scripts
+	$(BIN)/sam validate --lint
+	$(BIN)/cfn-lint template.yaml
+
+build: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/sam build
+
+demo: setup
+	$(BIN)/metering simulate events/sample-month.jsonl --now 2026-11-02T00:00:00Z --format table
+
+bench: setup
+	$(BIN)/python scripts/bench_simulate.py
+	$(BIN)/python scripts/bench_import.py
+
+clean:
+	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache
