@@ -4,7 +4,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from metering.closing import ScheduledRun, schedule_due_closes
-from metering.observability import MetricUnit, logger, metrics
+from metering.observability import MetricUnit, dynamodb_request_metrics, logger, metrics
 from metering.settings import CloseSettings
 from metering.store import DynamoStore
 
@@ -16,7 +16,8 @@ STORE = DynamoStore(SETTINGS.table_name)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     run = ScheduledRun.model_validate(event)
-    requests = schedule_due_closes(run, STORE, SETTINGS)
+    with dynamodb_request_metrics():
+        requests = schedule_due_closes(run, STORE, SETTINGS)
     metrics.add_metric(name="ClosesScheduled", unit=MetricUnit.Count, value=len(requests))
     metrics.add_metric(name="CloseRunsCompleted", unit=MetricUnit.Count, value=1)
     logger.info("close run", extra={"asOf": run.scheduled_time.isoformat(), "periods": len(requests)})

@@ -5,8 +5,8 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from metering.closing import CloseRequest, close_period
-from metering.observability import emit_close_metrics, logger, metrics
+from metering.closing import CloseRequest, InvoicePublishFailed, close_period
+from metering.observability import MetricUnit, emit_close_metrics, logger, metrics
 from metering.settings import InvoiceSettings
 from metering.store import DynamoStore
 
@@ -16,7 +16,11 @@ PROCESSOR = BatchProcessor(event_type=EventType.SQS)
 
 
 def close_one(record: SQSRecord) -> None:
-    result = close_period(CloseRequest.model_validate_json(record.body), STORE, SETTINGS)
+    try:
+        result = close_period(CloseRequest.model_validate_json(record.body), STORE, SETTINGS)
+    except InvoicePublishFailed:
+        metrics.add_metric(name="InvoicePublishFailures", unit=MetricUnit.Count, value=1)
+        raise
     emit_close_metrics(result)
 
 

@@ -5,7 +5,13 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from metering.observability import emit_recording_metrics, fail_unfinished, logger, metrics
+from metering.observability import (
+    dynamodb_request_metrics,
+    emit_recording_metrics,
+    fail_unfinished,
+    logger,
+    metrics,
+)
 from metering.recording import InboundRecord, Recorder
 from metering.settings import RecorderSettings
 from metering.store import DynamoStore
@@ -18,7 +24,8 @@ PROCESSOR = BatchProcessor(event_type=EventType.SQS)
 @logger.inject_lambda_context
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    outcome = RECORDER.record([InboundRecord(r["messageId"], r["body"]) for r in event["Records"]])
+    with dynamodb_request_metrics():
+        outcome = RECORDER.record([InboundRecord(r["messageId"], r["body"]) for r in event["Records"]])
     emit_recording_metrics(outcome)
     unfinished = partial(fail_unfinished, outcome.failed_message_ids)
     return dict(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import cache
-from typing import TYPE_CHECKING
+from threading import Lock
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -12,6 +14,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
 
 CLIENT_CONFIG = Config(
@@ -22,9 +25,54 @@ CLIENT_CONFIG = Config(
 )
 
 
+class DynamoDBRequests:
+    """Counts DynamoDB calls and the items each touches, per operation, through botocore's event hooks:
+    1 item for single-item calls, the keys or requests of batch and transaction calls, the scanned count
+    of a Query or Scan. Items touched are the basis of the request-unit cost."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.items: Counter[str] = Counter()
+        self._lock = Lock()
+
+    def attach(self, client: Any) -> None:
+        client.meta.events.register("before-parameter-build.dynamodb", self._on_request)
+        client.meta.events.register("after-call.dynamodb", self._on_response)
+
+    def snapshot(self) -> tuple[Counter[str], Counter[str]]:
+        with self._lock:
+            return Counter(self.calls), Counter(self.items)
+
+    def _on_request(self, model: Any, params: dict[str, Any], **_: Any) -> None:
+        with self._lock:
+            self.calls[model.name] += 1
+            self.items[model.name] += _items_requested(model.name, params)
+
+    def _on_response(self, model: Any, parsed: dict[str, Any], **_: Any) -> None:
+        if model.name in {"Query", "Scan"}:
+            with self._lock:
+                self.items[model.name] += int(parsed.get("ScannedCount", 0))
+
+
+def _items_requested(operation: str, params: dict[str, Any]) -> int:
+    if operation == "BatchGetItem":
+        return sum(len(request.get("Keys", [])) for request in params.get("RequestItems", {}).values())
+    if operation == "BatchWriteItem":
+        return sum(len(requests) for requests in params.get("RequestItems", {}).values())
+    if operation in {"TransactWriteItems", "TransactGetItems"}:
+        return len(params.get("TransactItems", []))
+    return 0 if operation in {"Query", "Scan"} else 1
+
+
+DYNAMODB_REQUESTS = DynamoDBRequests()
+"""Every DynamoDB request this process makes through `dynamodb()`; handlers emit it as metrics."""
+
+
 @cache
 def dynamodb() -> DynamoDBClient:
-    return boto3.client("dynamodb", config=CLIENT_CONFIG)
+    client = boto3.client("dynamodb", config=CLIENT_CONFIG)
+    DYNAMODB_REQUESTS.attach(client)
+    return client
 
 
 @cache
@@ -42,7 +90,12 @@ def s3() -> S3Client:
     return boto3.client("s3", config=CLIENT_CONFIG)
 
 
+@cache
+def sns() -> SNSClient:
+    return boto3.client("sns", config=CLIENT_CONFIG)
+
+
 def reset_clients() -> None:
     """Forget the cached clients, so the next call builds them against the current environment."""
-    for factory in (dynamodb, sqs, events, s3):
+    for factory in (dynamodb, sqs, events, s3, sns):
         factory.cache_clear()

@@ -16,7 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from metering import gateways
 from metering.events import Id
-from metering.model import Invoice, PeriodRef
+from metering.model import Invoice, PeriodRef, StoreUnavailable
 from metering.rules import invoice_lines, months_back, subscription_at, utc_iso
 
 if TYPE_CHECKING:
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 INVOICE_DETAIL_TYPE = "Overusage Invoice Issued"
 OPEN_PERIOD_LOOKBACK_MONTHS = 14
+
+
+class InvoicePublishFailed(StoreUnavailable):
+    """The invoice is stored but the bus refused it; the close request is retried and publishes it."""
 
 
 class CloseOutcome(StrEnum):
@@ -103,7 +107,10 @@ def close_period(request: CloseRequest, store: DynamoStore, settings: InvoiceSet
             outcome = CloseOutcome.INVOICED
             invoice = store.save_invoice(Invoice(ref, lines, issued_at=utc_iso(request.as_of)))
             if not store.invoice_published(ref):
-                gateways.publish(settings.event_bus_name, INVOICE_DETAIL_TYPE, [invoice.as_detail()])
+                try:
+                    gateways.publish(settings.event_bus_name, INVOICE_DETAIL_TYPE, [invoice.as_detail()])
+                except StoreUnavailable as exc:
+                    raise InvoicePublishFailed(invoice.invoice_id) from exc
                 store.mark_invoice_published(ref, request.as_of)
     store.finish_close(ref, outcome)
     return CloseResult(ref, outcome, summary.active_contacts, invoice)

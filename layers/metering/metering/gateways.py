@@ -95,3 +95,11 @@ def publish(bus_name: str, detail_type: str, details: Iterable[dict[str, Any]]) 
             raise StoreUnavailable(f"EventBridge PutEvents failed: {exc}") from exc
         if response.get("FailedEntryCount", 0):
             raise StoreUnavailable(f"EventBridge refused {response['FailedEntryCount']} entries")
+
+
+def notify(topic_arn: str, subject: str, message: str) -> None:
+    """Publish a human-readable notification (e-mail subscribers read it as is)."""
+    try:
+        aws.sns().publish(TopicArn=topic_arn, Subject=subject[:100], Message=message)
+    except (ClientError, BotoCoreError) as exc:
+        raise StoreUnavailable(f"SNS publish failed: {exc}") from exc

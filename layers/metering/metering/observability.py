@@ -5,11 +5,14 @@ detail goes to structured logs and the table."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+
+from metering.aws import DYNAMODB_REQUESTS
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -30,7 +33,30 @@ def fail_unfinished(failed_message_ids: Collection[str], record: SQSRecord) -> N
         raise RecordNotFinished(record.message_id)
 
 
+@contextmanager
+def dynamodb_request_metrics() -> Iterator[None]:
+    """Emit the DynamoDB calls and items an invocation made, by operation (`DynamoDBCalls_PutItem`, ...)."""
+    calls_before, items_before = DYNAMODB_REQUESTS.snapshot()
+    try:
+        yield
+    finally:
+        calls, items = DYNAMODB_REQUESTS.snapshot()
+        for operation, count in (calls - calls_before).items():
+            metrics.add_metric(name=f"DynamoDBCalls_{operation}", unit=MetricUnit.Count, value=count)
+            metrics.add_metric(
+                name=f"DynamoDBItems_{operation}",
+                unit=MetricUnit.Count,
+                value=items[operation] - items_before[operation],
+            )
+
+
+def _metric_name(detail_type: str) -> str:
+    return "Events_" + detail_type.replace(" ", "")
+
+
 def emit_recording_metrics(outcome: RecordingOutcome) -> None:
+    for detail_type, count in outcome.events_by_type.items():
+        metrics.add_metric(name=_metric_name(detail_type), unit=MetricUnit.Count, value=count)
     counts = {
         "EventsProcessed": sum(outcome.events_by_type.values()),
         "Activations": outcome.activations,
@@ -39,6 +65,7 @@ def emit_recording_metrics(outcome: RecordingOutcome) -> None:
         "RejectedEvents": len(outcome.rejected),
         "LateEvents": len(outcome.late),
         "UsageAlerts": len(outcome.alerts),
+        "AllowanceReached": sum(1 for alert in outcome.alerts if alert.threshold_percent >= 100),
         "FanOutContacts": outcome.fanned_out_contacts,
         "RecordsRetried": len(outcome.failed_message_ids),
     }

@@ -425,6 +425,9 @@ class Recorder:
             gateways.publish(
                 self.settings.event_bus_name, USAGE_ALERT_DETAIL_TYPE, map(alert_detail, pending)
             )
+            if self.settings.usage_alert_topic_arn:
+                for alert in pending:
+                    gateways.notify(self.settings.usage_alert_topic_arn, *alert_notification(alert))
             self.store.mark_alerts_published(group.ref, [alert.threshold_percent for alert in pending])
             outcome.alerts.extend(pending)
 
@@ -454,3 +457,16 @@ def alert_detail(alert: AlertRecord) -> dict[str, Any]:
         "plan": alert.plan,
         "reachedAt": alert.reached_at,
     }
+
+
+def alert_notification(alert: AlertRecord) -> tuple[str, str]:
+    """Subject and text of the e-mail a usage alert sends."""
+    ref = alert.ref
+    subject = f"Active contacts: {ref.account_id} reached {alert.threshold_percent} % in {ref.period}"
+    text = (
+        f"Account {ref.account_id} has {alert.active_contacts} active contacts in {ref.period}, "
+        f"{alert.threshold_percent} % of its allowance of {alert.allowance} (plan {alert.plan}).\n"
+        "Contacts above the allowance are billed at EUR 0.25 each at the end of the month; "
+        "add-on contacts bought in advance cost less."
+    )
+    return subject, text

@@ -43,6 +43,7 @@ class RecorderSettings(_Settings):
     alert_thresholds: Percentages = Field(alias="ALERT_THRESHOLDS", default=(80, 100))
     attempt_timeout_seconds: int = Field(alias="ATTEMPT_TIMEOUT_SECONDS", default=900, gt=0)
     claim_check_bucket: str = Field(alias="CLAIM_CHECK_BUCKET", default="")
+    usage_alert_topic_arn: str = Field(alias="USAGE_ALERT_TOPIC_ARN", default="")
 
 
 class CloseSettings(_Settings):

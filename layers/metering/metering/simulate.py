@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from threading import Lock
 from types import ModuleType
 from typing import Any
 
@@ -52,40 +51,6 @@ class SimulationOptions:
     batch_size: int | None = None
     objects_dir: Path | None = None
     claim_check_bucket: str = "crm-claim-checks"
-
-
-class DynamoDBCallCounter:
-    """Counts API calls and the items they touch (the basis of request-unit cost), per operation."""
-
-    def __init__(self) -> None:
-        self.calls: Counter[str] = Counter()
-        self.items: Counter[str] = Counter()
-        self._lock = Lock()
-
-    def attach(self, client: Any) -> None:
-        client.meta.events.register("before-parameter-build.dynamodb", self._before_call)
-        client.meta.events.register("after-call.dynamodb", self._after_call)
-
-    def _before_call(self, model: Any, params: dict[str, Any], **_: Any) -> None:
-        with self._lock:
-            self.calls[model.name] += 1
-            self.items[model.name] += _items_requested(model.name, params)
-
-    def _after_call(self, model: Any, parsed: dict[str, Any], **_: Any) -> None:
-        if model.name in {"Query", "Scan"}:
-            with self._lock:
-                self.items[model.name] += int(parsed.get("ScannedCount", 0))
-
-
-def _items_requested(operation: str, params: dict[str, Any]) -> int:
-    """Items a request names; Query and Scan are counted from the ScannedCount of their answer instead."""
-    if operation == "BatchGetItem":
-        return sum(len(request.get("Keys", [])) for request in params.get("RequestItems", {}).values())
-    if operation == "BatchWriteItem":
-        return sum(len(requests) for requests in params.get("RequestItems", {}).values())
-    if operation in {"TransactWriteItems", "TransactGetItems"}:
-        return len(params.get("TransactItems", []))
-    return 0 if operation in {"Query", "Scan"} else 1
 
 
 class _LambdaContext:
@@ -142,7 +107,7 @@ class Simulation:
     batch_size: int
     functions: dict[str, ModuleType] = field(default_factory=dict)
     invocations: Counter[str] = field(default_factory=Counter)
-    dynamodb: DynamoDBCallCounter = field(default_factory=DynamoDBCallCounter)
+    requests_before: tuple[Counter[str], Counter[str]] = field(default_factory=lambda: (Counter(), Counter()))
     dead_letters: list[str] = field(default_factory=list)
     events: int = 0
     report_store: DynamoStore | None = None
@@ -158,7 +123,7 @@ class Simulation:
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             self.functions[function_name] = module
-        self.dynamodb.attach(aws.dynamodb())
+        self.requests_before = aws.DYNAMODB_REQUESTS.snapshot()
         self.report_store = DynamoStore(self.stack.table_name, boto3.client("dynamodb"))
 
     def invoke(self, function_name: str, event: dict[str, Any]) -> Any:
@@ -249,10 +214,13 @@ class Simulation:
     def report(self) -> dict[str, Any]:
         assert self.report_store is not None
         report = self.report_store.read_report()
+        calls, items = aws.DYNAMODB_REQUESTS.snapshot()
+        calls.subtract(self.requests_before[0])
+        items.subtract(self.requests_before[1])
         report["stats"] = {
             "events": self.events,
-            "dynamodb": dict(sorted(self.dynamodb.calls.items())),
-            "dynamodbItems": dict(sorted(self.dynamodb.items.items())),
+            "dynamodb": {name: count for name, count in sorted(calls.items()) if count},
+            "dynamodbItems": {name: items[name] for name, count in sorted(calls.items()) if count},
             "invocations": dict(sorted(self.invocations.items())),
         }
         return report
