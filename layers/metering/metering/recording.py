@@ -116,10 +116,12 @@ class _Group:
     message_ids: set[str] = field(default_factory=set)
     events: list[ContactEvent | StatusRenamed] = field(default_factory=list)
     activations: dict[str, Activation] = field(default_factory=dict)
+    touches: int = 0
 
-    def add(self, message_id: str, event: ContactEvent | StatusRenamed, contact_ids: Iterable[str]) -> None:
+    def add(self, message_id: str, event: ContactEvent | StatusRenamed, contact_ids: Sequence[str]) -> None:
         self.message_ids.add(message_id)
         self.events.append(event)
+        self.touches += len(contact_ids)
         for contact_id in contact_ids:
             known = self.activations.get(contact_id)
             if known is None or (event.occurred_at, event.id) < (known.occurred_at, known.event_id):
@@ -369,14 +371,8 @@ class Recorder:
         self.known.add_all(ref, [record.contact_id for record in stored if record.attempt in verified])
         outcome.activations += len(inserted)
         outcome.recovered_contacts += recovered
-        outcome.duplicate_touches += sum(len(self._touches(event)) for event in group.events) - len(inserted)
+        outcome.duplicate_touches += group.touches - len(inserted)
         self._alert(outcome, group, summary, history, counted=bool(inserted or recovered))
-
-    @staticmethod
-    def _touches(event: ContactEvent | StatusRenamed) -> Sequence[str]:
-        if isinstance(event, StatusRenamed):
-            return event.detail.contact_ids or ()
-        return (event.detail.contact_id,)
 
     def _complete_orphaned_attempts(
         self, ref: PeriodRef, event_ids: set[str], stored: Iterable[ContactRecord], period_end: datetime

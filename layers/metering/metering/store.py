@@ -17,6 +17,7 @@ Ids match `^[A-Za-z0-9]...` without `#`, so no account can forge another item's 
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -249,6 +250,15 @@ class DynamoStore:
         """Add an attempt's new contacts to the period count, atomically with a marker that makes it
         idempotent. False: this attempt was applied before. Raises PeriodClosed if the period is sealed."""
         pk = period_pk(ref)
+        for delay in _backoff():
+            try:
+                return self._transact_attempt(ref, attempt, contacts, period_end)
+            except _TransactionConflict:
+                time.sleep(delay * random.uniform(0.5, 1.5))
+        raise StoreUnavailable(f"transaction conflicts on {pk} persisted")
+
+    def _transact_attempt(self, ref: PeriodRef, attempt: str, contacts: int, period_end: datetime) -> bool:
+        pk = period_pk(ref)
         try:
             self._call(
                 self.client.transact_write_items,
@@ -296,6 +306,8 @@ class DynamoStore:
                 return False
             if len(codes) == 2 and codes[0] == "ConditionalCheckFailed":
                 raise PeriodClosed(pk) from exc
+            if "TransactionConflict" in codes:
+                raise _TransactionConflict(pk) from exc
             raise StoreUnavailable(f"transaction cancelled: {codes}") from exc
         return True
 
@@ -662,6 +674,10 @@ class DynamoStore:
                 time.sleep(delay)
             else:
                 raise StoreUnavailable("BatchWriteItem left items unprocessed")
+
+
+class _TransactionConflict(Exception):
+    """Another write touched the summary during the transaction; retrying with the same token is safe."""
 
 
 def _backoff(attempts: int = 6, base: float = 0.05) -> Iterator[float]:
