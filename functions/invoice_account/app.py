@@ -16,10 +16,13 @@ PROCESSOR = BatchProcessor(event_type=EventType.SQS)
 
 
 def close_one(record: SQSRecord) -> None:
+    request = CloseRequest.model_validate_json(record.body)
     try:
-        result = close_period(CloseRequest.model_validate_json(record.body), STORE, SETTINGS)
-    except InvoicePublishFailed:
-        metrics.add_metric(name="InvoicePublishFailures", unit=MetricUnit.Count, value=1)
+        result = close_period(request, STORE, SETTINGS)
+    except Exception as exc:
+        if isinstance(exc, InvoicePublishFailed):
+            metrics.add_metric(name="InvoicePublishFailures", unit=MetricUnit.Count, value=1)
+        logger.exception("close failed", extra={"accountId": request.account_id, "period": request.period})
         raise
     emit_close_metrics(result)
 

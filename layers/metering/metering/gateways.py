@@ -97,9 +97,18 @@ def publish(bus_name: str, detail_type: str, details: Iterable[dict[str, Any]]) 
             raise StoreUnavailable(f"EventBridge refused {response['FailedEntryCount']} entries")
 
 
-def notify(topic_arn: str, subject: str, message: str) -> None:
-    """Publish a human-readable notification (e-mail subscribers read it as is)."""
+def notify(topic_arn: str, subject: str, message: str, attributes: dict[str, str | int]) -> None:
+    """Publish a human-readable notification (e-mail subscribers read it as is); the attributes let a
+    subscription filter, e.g. on one account."""
+    message_attributes: Any = {
+        name: {"DataType": "Number", "StringValue": str(value)}
+        if isinstance(value, int)
+        else {"DataType": "String", "StringValue": value}
+        for name, value in attributes.items()
+    }
     try:
-        aws.sns().publish(TopicArn=topic_arn, Subject=subject[:100], Message=message)
+        aws.sns().publish(
+            TopicArn=topic_arn, Subject=subject[:100], Message=message, MessageAttributes=message_attributes
+        )
     except (ClientError, BotoCoreError) as exc:
         raise StoreUnavailable(f"SNS publish failed: {exc}") from exc

@@ -65,12 +65,21 @@ def emit_recording_metrics(outcome: RecordingOutcome) -> None:
         "RejectedEvents": len(outcome.rejected),
         "LateEvents": len(outcome.late),
         "UsageAlerts": len(outcome.alerts),
-        "AllowanceReached": sum(1 for alert in outcome.alerts if alert.threshold_percent >= 100),
+        "AllowanceReached": sum(1 for alert in outcome.alerts if alert.threshold_percent == 100),
         "FanOutContacts": outcome.fanned_out_contacts,
         "RecordsRetried": len(outcome.failed_message_ids),
     }
     for name, value in counts.items():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+    for ref, reason in outcome.retry_reasons:
+        logger.warning(
+            "records retried",
+            extra={
+                "accountId": ref.account_id if ref else None,
+                "period": ref.period if ref else None,
+                "reason": reason,
+            },
+        )
     for rejection in outcome.rejected:
         logger.warning("event rejected", extra={"eventId": rejection.event_id, "reason": rejection.reason})
     for late in outcome.late:

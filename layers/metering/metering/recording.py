@@ -76,6 +76,7 @@ class RecordingOutcome:
     """What a batch did; the handler turns it into the partial-batch response and metrics."""
 
     failed_message_ids: set[str] = field(default_factory=set)
+    retry_reasons: list[tuple[PeriodRef | None, str]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     late: list[LateEvent] = field(default_factory=list)
     events_by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -257,16 +258,18 @@ class Recorder:
                 groups,
                 [(ref, c) for ref, g in groups.items() for c in g.activations if (ref, c) not in self.known],
             )
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             outcome.failed_message_ids = {message_id for message_id, _ in parsed}
+            outcome.retry_reasons.append((None, str(exc)))
             return outcome
         for message_id, event, ref in late:
             self._record_late(outcome, message_id, event, ref)
         for ref, group in groups.items():
             try:
                 self._record_group(outcome, group, summaries.get(ref), existing, histories[ref.account_id])
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
                 outcome.failed_message_ids |= group.message_ids
+                outcome.retry_reasons.append((ref, str(exc)))
         return outcome
 
     def _subscriptions(self, parsed: Sequence[tuple[str, CrmEvent]]) -> dict[str, list[Subscription]]:
@@ -301,8 +304,9 @@ class Recorder:
                 continue
             try:
                 contact_ids = self._contacts_of(event, outcome)
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
                 outcome.failed_message_ids.add(message_id)
+                outcome.retry_reasons.append((ref, str(exc)))
                 continue
             if contact_ids is not None:
                 groups.setdefault(ref, _Group(ref, tz)).add(message_id, event, contact_ids)
@@ -423,7 +427,14 @@ class Recorder:
             )
             if self.settings.usage_alert_topic_arn:
                 for alert in pending:
-                    gateways.notify(self.settings.usage_alert_topic_arn, *alert_notification(alert))
+                    gateways.notify(
+                        self.settings.usage_alert_topic_arn,
+                        *alert_notification(alert),
+                        attributes={
+                            "accountId": alert.ref.account_id,
+                            "thresholdPercent": alert.threshold_percent,
+                        },
+                    )
             self.store.mark_alerts_published(group.ref, [alert.threshold_percent for alert in pending])
             outcome.alerts.extend(pending)
 
