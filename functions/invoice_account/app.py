@@ -12,7 +12,7 @@ from metering.store import DynamoStore
 
 SETTINGS = InvoiceSettings.from_env()
 STORE = DynamoStore(SETTINGS.table_name)
-PROCESSOR = BatchProcessor(event_type=EventType.SQS)
+PROCESSOR = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 def close_one(record: SQSRecord) -> None:

@@ -18,7 +18,7 @@ from metering.store import DynamoStore
 
 SETTINGS = RecorderSettings.from_env()
 RECORDER = Recorder(SETTINGS, DynamoStore(SETTINGS.table_name))
-PROCESSOR = BatchProcessor(event_type=EventType.SQS)
+PROCESSOR = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 @logger.inject_lambda_context

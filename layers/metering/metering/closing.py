@@ -86,12 +86,10 @@ def schedule_due_closes(run: ScheduledRun, store: DynamoStore, settings: CloseSe
 def close_period(request: CloseRequest, store: DynamoStore, settings: InvoiceSettings) -> CloseResult | None:
     """Seal one period and bill it. None when the period is not due yet (a request sent too early)."""
     ref = request.ref
-    summary = store.seal_period(ref, request.as_of)
-    if summary.period_end is None:
-        raise ValueError(f"period {ref} has no end recorded")
-    period_end = datetime.fromisoformat(summary.period_end)
-    if request.as_of < period_end + settings.grace:
+    summary = store.seal_period(ref, request.as_of, period_end_before=request.as_of - settings.grace)
+    if summary is None or summary.period_end is None:
         return None
+    period_end = datetime.fromisoformat(summary.period_end)
     history = store.load_subscriptions([ref.account_id])[ref.account_id]
     subscription = subscription_at(history, period_end, inclusive=False)
     invoice: Invoice | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -10,6 +11,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -21,6 +23,10 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 MAX_INLINE_CONTACT_IDS = 1000
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 MAX_ADDON_CONTACTS = 10_000_000
+MAX_SOURCE_EVENT_ID_LENGTH = 256
+FAN_OUT_SUFFIX = "{id}#part{index:04d}"
+"""Id of a chunk of a large `Status Renamed`, derived from the original event id."""
+MAX_EVENT_ID_LENGTH = MAX_SOURCE_EVENT_ID_LENGTH + len("#part0000")
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, strict=True)]
 """Every identifier of the contract: account, contact, status, message, note, funnel."""
@@ -37,6 +43,16 @@ def _known_timezone(name: str) -> str:
     return name
 
 
+def _iso_text(value: object) -> object:
+    if not isinstance(value, str) or not ISO_INSTANT.match(value):
+        raise ValueError("must be an ISO 8601 date and time text with an offset or Z")
+    return value
+
+
+ISO_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+IsoInstant = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
+"""A point in time as the contract writes it: ISO 8601 text with an offset (numbers are refused)."""
+
 TimezoneName = Annotated[str, StringConstraints(max_length=64, strict=True), AfterValidator(_known_timezone)]
 
 
@@ -46,7 +62,7 @@ class _Detail(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True, populate_by_name=True)
 
     account_id: Id = Field(alias="accountId")
-    occurred_at: AwareDatetime = Field(alias="occurredAt", strict=False)
+    occurred_at: IsoInstant = Field(alias="occurredAt", strict=False)
 
 
 class _ContactDetail(_Detail):
@@ -115,10 +131,10 @@ class _Envelope(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     version: str = "0"
-    id: Annotated[str, StringConstraints(min_length=1, max_length=256, strict=True)]
+    id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_EVENT_ID_LENGTH, strict=True)]
     source: Annotated[str, StringConstraints(min_length=1, max_length=256, strict=True)]
     account: str | None = None
-    time: AwareDatetime
+    time: IsoInstant
     region: str | None = None
     resources: list[str] = Field(default_factory=list)
 

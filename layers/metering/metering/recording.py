@@ -25,6 +25,8 @@ from pydantic import ValidationError
 from metering import gateways
 from metering.events import (
     CRM_EVENT,
+    FAN_OUT_SUFFIX,
+    MAX_EVENT_ID_LENGTH,
     MAX_INLINE_CONTACT_IDS,
     ContactEvent,
     CrmEvent,
@@ -118,11 +120,16 @@ class _Group:
     events: list[ContactEvent | StatusRenamed] = field(default_factory=list)
     activations: dict[str, Activation] = field(default_factory=dict)
     touches: int = 0
+    contacts_by_event: dict[str, Sequence[str]] = field(default_factory=dict)
+
+    def contacts_of(self, event: ContactEvent | StatusRenamed) -> Sequence[str]:
+        return self.contacts_by_event[event.id]
 
     def add(self, message_id: str, event: ContactEvent | StatusRenamed, contact_ids: Sequence[str]) -> None:
         self.message_ids.add(message_id)
         self.events.append(event)
         self.touches += len(contact_ids)
+        self.contacts_by_event[event.id] = contact_ids
         for contact_id in contact_ids:
             known = self.activations.get(contact_id)
             if known is None or (event.occurred_at, event.id) < (known.occurred_at, known.event_id):
@@ -154,6 +161,8 @@ def parse_record(record: InboundRecord) -> CrmEvent | Rejection:
     received_at = utc_iso(datetime.now(UTC))
     try:
         document = json.loads(record.body, object_pairs_hook=_reject_duplicate_keys)
+    except DuplicatedKey as exc:
+        return _rejection(record, _event_id_of(json.loads(record.body)), str(exc), received_at)
     except (ValueError, RecursionError) as exc:
         return _rejection(record, None, f"body is not a JSON object: {exc}", received_at)
     event_id = _event_id_of(document)
@@ -179,11 +188,15 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
+class DuplicatedKey(ValueError):
+    """A JSON object names the same key twice: which value counts would be a guess."""
+
+
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     document: dict[str, Any] = {}
     for key, value in pairs:
         if key in document:
-            raise ValueError(f"duplicated key {key[:64]!r}")
+            raise DuplicatedKey(f"duplicated key {key[:64]!r}")
         document[key] = value
     return document
 
@@ -191,7 +204,7 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _event_id_of(document: object) -> str | None:
     if isinstance(document, dict):
         event_id = document.get("id")
-        if isinstance(event_id, str) and 0 < len(event_id) <= 256:
+        if isinstance(event_id, str) and 0 < len(event_id) <= MAX_EVENT_ID_LENGTH:
             return event_id
     return None
 
@@ -222,7 +235,7 @@ def fan_out_chunks(event: StatusRenamed, contact_ids: Sequence[str]) -> list[str
     for index, start in enumerate(range(0, len(contact_ids), MAX_INLINE_CONTACT_IDS)):
         chunk = {
             **document,
-            "id": f"{event.id}#part{index:04d}",
+            "id": FAN_OUT_SUFFIX.format(id=event.id, index=index),
             "detail": {
                 **document["detail"],
                 "contactIds": list(contact_ids[start : start + MAX_INLINE_CONTACT_IDS]),
@@ -243,15 +256,22 @@ class Recorder:
     def record(self, records: Sequence[InboundRecord]) -> RecordingOutcome:
         outcome = RecordingOutcome()
         parsed: list[tuple[str, CrmEvent]] = []
+        rejected_message_ids: set[str] = set()
         for record in records:
             result = parse_record(record)
             if isinstance(result, Rejection):
                 outcome.rejected.append(result)
+                rejected_message_ids.add(record.message_id)
             else:
                 parsed.append((record.message_id, result))
                 outcome.events_by_type[result.detail_type] += 1
         try:
             self.store.save_rejections(outcome.rejected)
+        except StoreUnavailable as exc:
+            outcome.failed_message_ids = {message_id for message_id, _ in parsed} | rejected_message_ids
+            outcome.retry_reasons.append((None, str(exc)))
+            return outcome
+        try:
             histories = self._subscriptions(parsed)
             groups, late = self._group(parsed, histories, outcome)
             summaries, existing = self.store.read_period_state(
@@ -350,7 +370,10 @@ class Recorder:
         ref = group.ref
         if summary is not None and summary.closed_at is not None:
             for event in group.events:
-                self._record_late(outcome, "", event, ref)
+                if any(
+                    (ref, c) not in existing and (ref, c) not in self.known for c in group.contacts_of(event)
+                ):
+                    self._record_late(outcome, "", event, ref)
             return
         period_end = period_bounds(ref.period, group.timezone)[1]
         stored = [existing[(ref, c)] for c in group.activations if (ref, c) in existing]
@@ -410,9 +433,11 @@ class Recorder:
         pending = list(summary.unpublished_alerts) if summary else []
         subscription = subscription_at(history, group.latest_event_time)
         alerted = summary.alerted_percents if summary else frozenset()
-        if counted and subscription is not None and subscription.billed:
+        if subscription is not None and subscription.billed:
             thresholds = self.settings.alert_thresholds
-            if not alerted.issuperset(thresholds):
+            stored = summary.active_contacts if summary else 0
+            unclaimed = crossed_thresholds(thresholds, subscription.allowance, stored, alerted)
+            if (counted or unclaimed) and not alerted.issuperset(thresholds):
                 active = self.store.read_active_contacts(group.ref)
                 reached_at = utc_iso(group.latest_event_time)
                 for percent in crossed_thresholds(thresholds, subscription.allowance, active, alerted):

@@ -23,10 +23,14 @@ from types import ModuleType
 from typing import Any
 
 import boto3
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from pydantic import ValidationError
 
 from metering import aws
+from metering.events import CRM_EVENT, SubscriptionChanged
 from metering.provisioning import REPO_ROOT, LocalStack, load_template, provision, tear_down, template_default
-from metering.rules import months_back, utc_iso
+from metering.recording import subscription_of
+from metering.rules import Subscription, account_timezone, close_instant, months_back, period_of, utc_iso
 from metering.store import DynamoStore
 
 FUNCTIONS_DIR = REPO_ROOT / "functions"
@@ -109,8 +113,12 @@ class Simulation:
     invocations: Counter[str] = field(default_factory=Counter)
     requests_before: tuple[Counter[str], Counter[str]] = field(default_factory=lambda: (Counter(), Counter()))
     dead_letters: list[str] = field(default_factory=list)
+    schedule: CloseSchedule = field(init=False)
     events: int = 0
     report_store: DynamoStore | None = None
+
+    def __post_init__(self) -> None:
+        self.schedule = CloseSchedule(self.grace, os.environ["DEFAULT_TIMEZONE"])
 
     def load_functions(self) -> None:
         """Import each handler module fresh, as a cold start does, with the stack's environment set."""
@@ -134,7 +142,10 @@ class Simulation:
         """Invoke with one SQS batch; returns the messages reported as failed (to be redelivered)."""
         for message in messages:
             message.receive_count += 1
-        response = self.invoke(function_name, {"Records": [m.as_sqs_record(queue_arn) for m in messages]})
+        try:
+            response = self.invoke(function_name, {"Records": [m.as_sqs_record(queue_arn) for m in messages]})
+        except BatchProcessingError:
+            return list(messages)
         failed = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
         return [message for message in messages if message.message_id in failed]
 
@@ -187,20 +198,27 @@ class Simulation:
         return min(ends) + self.grace if ends else None
 
     def replay(self, envelopes: Iterator[tuple[str, datetime]]) -> None:
+        """Deliver the envelopes in order, in batches, and run the close job whenever the clock passes a
+        period's close instant. Periods of events still waiting in a batch are not in the table yet, so
+        the batch is recorded first whenever the clock reaches the close instant one of them may have."""
         pending: list[tuple[str, datetime]] = []
-        due = None
+        pending_close: datetime | None = None
+        due: datetime | None = None
         clock = datetime.min.replace(tzinfo=UTC)
         for body, sent_at in envelopes:
             clock = max(clock, sent_at)
-            while due is not None and clock >= due:
-                self.record(pending)
-                pending = []
-                self.close_as_of(due)
+            while (trigger := _earliest(due, pending_close)) is not None and clock >= trigger:
+                if pending:
+                    self.record(pending)
+                    pending, pending_close = [], None
+                elif due is not None:
+                    self.close_as_of(due)
                 due = self.next_close(clock)
             pending.append((body, sent_at))
+            pending_close = _earliest(pending_close, self.schedule.close_instant_of(body))
             if len(pending) >= self.batch_size:
                 self.record(pending)
-                pending = []
+                pending, pending_close = [], None
                 due = self.next_close(clock)
         self.record(pending)
         now = self.options.now
@@ -224,6 +242,32 @@ class Simulation:
             "invocations": dict(sorted(self.invocations.items())),
         }
         return report
+
+
+def _earliest(*instants: datetime | None) -> datetime | None:
+    return min((instant for instant in instants if instant is not None), default=None)
+
+
+@dataclass(slots=True)
+class CloseSchedule:
+    """The harness's own view of when a delivered event's period closes, from the subscription changes it
+    has delivered so far (the same rules the functions apply); it only decides when to cut a batch."""
+
+    grace: timedelta
+    default_timezone: str
+    histories: dict[str, list[Subscription]] = field(default_factory=dict)
+
+    def close_instant_of(self, body: str) -> datetime | None:
+        try:
+            event = CRM_EVENT.validate_json(body)
+        except (ValidationError, ValueError):
+            return None
+        history = self.histories.setdefault(event.account_id, [])
+        if isinstance(event, SubscriptionChanged):
+            history.append(subscription_of(event))
+            return None
+        tz = account_timezone(history, event.occurred_at, self.default_timezone)
+        return close_instant(period_of(event.occurred_at, tz), tz, self.grace)
 
 
 def read_envelopes(path: Path) -> Iterator[tuple[str, datetime]]:

@@ -433,17 +433,28 @@ class DynamoStore:
             for item in page.get("Items", [])
         ]
 
-    def seal_period(self, ref: PeriodRef, closed_at: datetime) -> PeriodSummary:
-        """Stop the count: later increments fail their condition and become late. Idempotent."""
-        response = self._call(
-            self.client.update_item,
-            TableName=self._table,
-            Key=_key(period_pk(ref), SUMMARY_SK),
-            UpdateExpression="SET closedAt = if_not_exists(closedAt, :closedAt)",
-            ConditionExpression="attribute_exists(pk)",
-            ExpressionAttributeValues={":closedAt": _s(utc_iso(closed_at))},
-            ReturnValues="ALL_NEW",
-        )
+    def seal_period(
+        self, ref: PeriodRef, closed_at: datetime, period_end_before: datetime
+    ) -> PeriodSummary | None:
+        """Stop the count: later increments fail their condition and become late. Idempotent; None (and
+        nothing sealed) when the period has not ended before `period_end_before` or has no summary."""
+        try:
+            response = self._call(
+                self.client.update_item,
+                TableName=self._table,
+                Key=_key(period_pk(ref), SUMMARY_SK),
+                UpdateExpression="SET closedAt = if_not_exists(closedAt, :closedAt)",
+                ConditionExpression="attribute_exists(closedAt) OR periodEnd <= :cutoff",
+                ExpressionAttributeValues={
+                    ":closedAt": _s(utc_iso(closed_at)),
+                    ":cutoff": _s(utc_iso(period_end_before)),
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                return None
+            raise
         return _summary(ref, response["Attributes"])
 
     def save_invoice(self, invoice: Invoice) -> Invoice:

@@ -1,0 +1,229 @@
+"""A local copy of the stack (moto) with the three functions loaded, driven the way AWS drives them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import boto3
+from metering.provisioning import LocalStack
+from metering.store import DynamoStore
+
+from tests.helpers import ACCOUNT, REGION, FakeLambdaContext, failed_ids, load_handler, sqs_event, sqs_record
+
+FANOUT_BATCH_SIZE = 2  # template.yaml, RecordActivityFunction FanOut event
+CLOSE_BATCH_SIZE = 10  # template.yaml, InvoiceAccountFunction Close event
+
+
+@dataclass
+class Handlers:
+    """One "container" of each function: module globals (settings, store, caches) live as long as it does."""
+
+    record_activity: ModuleType
+    close_periods: ModuleType
+    invoice_account: ModuleType
+
+    @classmethod
+    def cold_start(cls) -> Handlers:
+        return cls(
+            load_handler("record_activity"), load_handler("close_periods"), load_handler("invoice_account")
+        )
+
+
+@dataclass
+class Metering:
+    """The system under test: deliver events, run the close, and read what was stored and published."""
+
+    stack: LocalStack
+    handlers: Handlers
+    capture_queue_url: str
+    published: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def store(self) -> DynamoStore:
+        """A store on the test's own client, for reading what the functions wrote."""
+        return DynamoStore(self.stack.table_name, boto3.client("dynamodb"))
+
+    def cold_start(self) -> None:
+        """A new container for every function: empty in-memory caches, settings read again."""
+        self.handlers = Handlers.cold_start()
+
+    # ---- driving the functions ----
+
+    def record(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """Invoke RecordActivity with one SQS batch; returns its partial-batch response."""
+        response: dict[str, Any] = self.handlers.record_activity.handler(
+            dict(event), FakeLambdaContext("record-activity")
+        )
+        return response
+
+    def record_events(self, events: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Deliver these envelopes as one batch; returns (the SQS event, the response)."""
+        batch = sqs_event(events)
+        return batch, self.record(batch)
+
+    def drain_fanout(self) -> dict[str, Any]:
+        """Feed the fan-out queue to RecordActivity in batches of the template's size until it is empty;
+        returns every record delivered as one SQS event (for redelivering it later)."""
+        delivered: list[dict[str, Any]] = []
+        while messages := self._receive(self.stack.fanout_queue_url, FANOUT_BATCH_SIZE):
+            batch = {"Records": [self._record_of(message, "fanout") for message in messages]}
+            response = self.record(batch)
+            assert failed_ids(response) == [], response
+            self._delete(self.stack.fanout_queue_url, messages)
+            delivered += batch["Records"]
+        return {"Records": delivered}
+
+    def schedule_closes(self, as_of: str) -> dict[str, Any]:
+        """The hourly ClosePeriods run as the scheduler invokes it."""
+        response: dict[str, Any] = self.handlers.close_periods.handler(
+            {"scheduledTime": as_of}, FakeLambdaContext("close-periods")
+        )
+        return response
+
+    def invoice_queued(self, limit: int | None = None) -> list[str]:
+        """Drain the close queue into InvoiceAccount (at most `limit` requests; the rest are received and
+        then lost, as by a run killed half-way). Returns the message ids InvoiceAccount reported failed;
+        those, like the lost ones, stay on the queue (invisible) as SQS leaves them."""
+        failures: list[str] = []
+        handled = 0
+        while messages := self._receive(self.stack.close_queue_url, CLOSE_BATCH_SIZE):
+            if limit is not None:
+                messages, handled = messages[: max(0, limit - handled)], handled + len(messages)
+                if not messages:
+                    continue
+            batch = {"Records": [self._record_of(message, "close") for message in messages]}
+            response: dict[str, Any] = self.handlers.invoice_account.handler(
+                batch, FakeLambdaContext("invoice-account")
+            )
+            failed = failed_ids(response)
+            failures += failed
+            self._delete(self.stack.close_queue_url, [m for m in messages if m["MessageId"] not in failed])
+        return failures
+
+    def invoice_requests(self, requests: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        """Invoke InvoiceAccount directly with close requests (as an operator or a stray message would)."""
+        arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{self.stack.table_name}-close"
+        response: dict[str, Any] = self.handlers.invoice_account.handler(
+            sqs_event(requests, queue_arn=arn), FakeLambdaContext("invoice-account")
+        )
+        return response
+
+    def close(self, as_of: str) -> list[str]:
+        """One full close run: ClosePeriods as of `as_of`, then every queued close request invoiced."""
+        self.schedule_closes(as_of)
+        return self.invoice_queued()
+
+    # ---- reading the outcome ----
+
+    def active_contacts(self, account_id: str, period: str) -> int:
+        """The period's count as the summary item holds it (0 when there is none)."""
+        item = self._get(f"{account_id}#{period}", "summary")
+        return int(item["activeContacts"]["N"]) if item and "activeContacts" in item else 0
+
+    def counts(self, account_id: str, period: str) -> tuple[int, set[str]]:
+        """(the summary's active contacts, the ids of the stored contact items): equal sizes when exact."""
+        return self.active_contacts(account_id, period), self.contact_items(account_id, period)
+
+    def summary(self, account_id: str, period: str) -> dict[str, Any] | None:
+        return self._get(f"{account_id}#{period}", "summary")
+
+    def contact_items(self, account_id: str, period: str) -> set[str]:
+        """The ids of the contact items stored for a period (what `metering recount` counts)."""
+        return {
+            item["sk"]["S"].removeprefix("contact#")
+            for item in self._query(f"{account_id}#{period}", "contact#")
+        }
+
+    def invoice_items(self) -> list[dict[str, Any]]:
+        """Every invoice item of the table."""
+        return [item for item in self.store.scan_items() if item["sk"]["S"] == "invoice"]
+
+    def report(self) -> dict[str, list[dict[str, Any]]]:
+        """Invoices, usage, alerts, rejected and late in the wire form of SPEC §4."""
+        return self.store.read_report()
+
+    def rejections(self) -> dict[str, dict[str, str]]:
+        """Stored rejected events by event id: reason, raw body, month partition."""
+        return {
+            item["sk"]["S"]: {
+                "reason": item["reason"]["S"],
+                "raw": item["raw"]["S"],
+                "pk": item["pk"]["S"],
+            }
+            for item in self.store.scan_items()
+            if item["pk"]["S"].startswith("#rejected#")
+        }
+
+    def events_published(self, detail_type: str) -> list[dict[str, Any]]:
+        """The details of every event the functions put on the bus with this detail-type, in order."""
+        while messages := self._receive(self.capture_queue_url, 10):
+            self.published += [json.loads(message["Body"]) for message in messages]
+            self._delete(self.capture_queue_url, messages)
+        return [event["detail"] for event in self.published if event["detail-type"] == detail_type]
+
+    # ---- plumbing ----
+
+    def _get(self, pk: str, sk: str) -> dict[str, Any] | None:
+        item: dict[str, Any] | None = (
+            boto3.client("dynamodb")
+            .get_item(
+                TableName=self.stack.table_name, Key={"pk": {"S": pk}, "sk": {"S": sk}}, ConsistentRead=True
+            )
+            .get("Item")
+        )
+        return item
+
+    def _query(self, pk: str, sk_prefix: str) -> list[dict[str, Any]]:
+        paginator = boto3.client("dynamodb").get_paginator("query")
+        return [
+            item
+            for page in paginator.paginate(
+                TableName=self.stack.table_name,
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+                ExpressionAttributeValues={":pk": {"S": pk}, ":prefix": {"S": sk_prefix}},
+                ConsistentRead=True,
+            )
+            for item in page.get("Items", [])
+        ]
+
+    @staticmethod
+    def _receive(queue_url: str, batch_size: int) -> list[dict[str, Any]]:
+        response = boto3.client("sqs").receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=batch_size, AttributeNames=["All"]
+        )
+        return [dict(message) for message in response.get("Messages", [])]
+
+    @staticmethod
+    def _delete(queue_url: str, messages: Iterable[dict[str, Any]]) -> None:
+        sqs = boto3.client("sqs")
+        for message in messages:
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def _record_of(self, message: dict[str, Any], queue: str) -> dict[str, Any]:
+        arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{self.stack.table_name}-{queue}"
+        return sqs_record(message["Body"], message["MessageId"], queue_arn=arn)
+
+
+def add_capture_queue(stack: LocalStack) -> str:
+    """A rule on the stack's bus that copies every event the functions publish to a queue the test reads."""
+    sqs = boto3.client("sqs")
+    queue_url = sqs.create_queue(QueueName=f"{stack.table_name}-published")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    events = boto3.client("events")
+    events.put_rule(
+        Name=f"{stack.table_name}-published",
+        EventBusName=stack.event_bus_name,
+        EventPattern=json.dumps({"source": ["metering"]}),
+    )
+    events.put_targets(
+        Rule=f"{stack.table_name}-published",
+        EventBusName=stack.event_bus_name,
+        Targets=[{"Id": "capture", "Arn": queue_arn}],
+    )
+    return queue_url

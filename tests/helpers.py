@@ -1,0 +1,240 @@
+"""Test helpers: events from `tests/events/*.json`, SQS events for the handlers, a fake Lambda context."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EVENTS_DIR = Path(__file__).resolve().parent / "events"
+FUNCTIONS_DIR = REPO_ROOT / "functions"
+REGION = "eu-central-1"
+ACCOUNT = "123456789012"
+ACTIVITY_QUEUE_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:metering-test-activity"
+
+DELETE = object()
+"""An override value that removes the field from the loaded event."""
+
+CONTACT_EVENT_FILES = {
+    "Contact Created": "contact_created.json",
+    "Contact Status Changed": "contact_status_changed.json",
+    "Message Sent": "message_sent.json",
+    "Note Added": "note_added.json",
+    "Contact Property Changed": "contact_property_changed.json",
+}
+
+
+# ---- events ----
+
+
+def deep_update(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge `overrides` into `base` in place: dicts merge, `DELETE` removes, anything else replaces."""
+    for key, value in overrides.items():
+        if value is DELETE:
+            base.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def event_text(name: str) -> str:
+    """The raw text of an event file (for bodies that must stay byte-exact, e.g. duplicated keys)."""
+    return (EVENTS_DIR / name).read_text(encoding="utf-8")
+
+
+def load_event(name: str, /, **overrides: Any) -> dict[str, Any]:
+    """An EventBridge envelope from `tests/events/<name>`, deep-updated with `overrides`.
+
+    `detail-type` cannot be a keyword, so pass it as `**{"detail-type": ...}`."""
+    return deep_update(json.loads(event_text(name)), overrides)
+
+
+def utc(text: str) -> datetime:
+    """`2026-10-05T10:00:00Z` as an aware datetime."""
+    return datetime.fromisoformat(text)
+
+
+def iso(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _event_id(*parts: object) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "/".join(str(part) for part in parts)))
+
+
+def contact_event(
+    account_id: str,
+    contact_id: str,
+    occurred_at: str,
+    *,
+    detail_type: str = "Contact Created",
+    event_id: str | None = None,
+    delivered_at: str | None = None,
+) -> dict[str, Any]:
+    """A single-contact activity event; the bus time is 5 seconds after `occurred_at` unless given."""
+    return load_event(
+        CONTACT_EVENT_FILES[detail_type],
+        id=event_id or _event_id(detail_type, account_id, contact_id, occurred_at),
+        time=delivered_at or iso(utc(occurred_at) + timedelta(seconds=5)),
+        detail={"accountId": account_id, "contactId": contact_id, "occurredAt": occurred_at},
+    )
+
+
+def contact_events(
+    account_id: str, contact_ids: Iterable[str], occurred_at: str, **options: Any
+) -> list[dict[str, Any]]:
+    return [contact_event(account_id, contact_id, occurred_at, **options) for contact_id in contact_ids]
+
+
+def status_renamed(
+    account_id: str,
+    occurred_at: str,
+    *,
+    contact_ids: Sequence[str] | None = None,
+    claim_check: tuple[str, str] | None = None,
+    event_id: str | None = None,
+    delivered_at: str | None = None,
+) -> dict[str, Any]:
+    """A `Status Renamed` with inline contact ids or a claim-check object (bucket, key)."""
+    source: dict[str, Any]
+    if claim_check is not None:
+        name, (bucket, key) = "status_renamed_claim_check.json", claim_check
+        source = {"contactIdsObject": {"bucket": bucket, "key": key}}
+    else:
+        name, source = "status_renamed.json", {"contactIds": list(contact_ids or ())}
+    return load_event(
+        name,
+        id=event_id or _event_id("Status Renamed", account_id, occurred_at, claim_check, contact_ids),
+        time=delivered_at or iso(utc(occurred_at) + timedelta(seconds=5)),
+        detail={"accountId": account_id, "occurredAt": occurred_at, **source},
+    )
+
+
+def subscription_changed(
+    account_id: str,
+    plan: str,
+    effective_at: str,
+    *,
+    billing_cycle: str = "monthly",
+    addon_contacts: int = 0,
+    timezone: str | None = None,
+    event_id: str | None = None,
+    delivered_at: str | None = None,
+) -> dict[str, Any]:
+    return load_event(
+        "subscription_changed.json",
+        id=event_id or _event_id("Subscription Changed", account_id, plan, effective_at),
+        time=delivered_at or iso(utc(effective_at) + timedelta(seconds=5)),
+        detail={
+            "accountId": account_id,
+            "occurredAt": effective_at,
+            "plan": plan,
+            "billingCycle": billing_cycle,
+            "addonContacts": addon_contacts,
+            "timezone": timezone if timezone is not None else DELETE,
+        },
+    )
+
+
+def contact_ids(prefix: str, count: int, start: int = 1) -> list[str]:
+    """`con-0001`, `con-0002`, ... (sortable, valid ids)."""
+    return [f"{prefix}-{number:04d}" for number in range(start, start + count)]
+
+
+# ---- SQS events and the Lambda context ----
+
+
+def sqs_record(
+    body: str | Mapping[str, Any],
+    message_id: str | None = None,
+    *,
+    receive_count: int = 1,
+    queue_arn: str = ACTIVITY_QUEUE_ARN,
+) -> dict[str, Any]:
+    """One SQS record as the Lambda event source mapping delivers it."""
+    text = body if isinstance(body, str) else json.dumps(body)
+    message_id = message_id or str(uuid.uuid4())
+    now_ms = str(int(datetime.now(UTC).timestamp() * 1000))
+    return {
+        "messageId": message_id,
+        "receiptHandle": f"handle-{message_id}",
+        "body": text,
+        "attributes": {
+            "ApproximateReceiveCount": str(receive_count),
+            "SentTimestamp": now_ms,
+            "SenderId": "AIDAEXAMPLE",
+            "ApproximateFirstReceiveTimestamp": now_ms,
+        },
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": REGION,
+    }
+
+
+def sqs_event(
+    bodies: Iterable[str | Mapping[str, Any]], *, queue_arn: str = ACTIVITY_QUEUE_ARN
+) -> dict[str, Any]:
+    """An SQS batch event with one record per body (each with a fresh message id)."""
+    return {"Records": [sqs_record(body, queue_arn=queue_arn) for body in bodies]}
+
+
+def redelivery(event: Mapping[str, Any], message_ids: Iterable[str] | None = None) -> dict[str, Any]:
+    """The same messages delivered again (same message ids and bodies, receive count + 1); only
+    `message_ids` when given, as SQS redelivers just the records a partial-batch response failed."""
+    wanted = None if message_ids is None else set(message_ids)
+    records = []
+    for record in event["Records"]:
+        if wanted is None or record["messageId"] in wanted:
+            again = copy.deepcopy(record)
+            count = int(again["attributes"]["ApproximateReceiveCount"]) + 1
+            again["attributes"]["ApproximateReceiveCount"] = str(count)
+            records.append(again)
+    return {"Records": records}
+
+
+def failed_ids(response: Mapping[str, Any]) -> list[str]:
+    """The message ids a partial-batch response asks SQS to redeliver."""
+    return [item["itemIdentifier"] for item in response.get("batchItemFailures", [])]
+
+
+@dataclass
+class FakeLambdaContext:
+    """The attributes of a Lambda context that Powertools reads."""
+
+    function_name: str = "metering-test"
+    memory_limit_in_mb: int = 512
+    function_version: str = "$LATEST"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = "/aws/lambda/metering-test"
+    log_stream_name: str = "test"
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{self.function_name}"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 60_000
+
+
+def load_handler(folder: str) -> ModuleType:
+    """Import `functions/<folder>/app.py` fresh, as a cold start does (it reads its settings at import)."""
+    module_name = f"test_{folder}_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(module_name, FUNCTIONS_DIR / folder / "app.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
