@@ -274,12 +274,12 @@ def test_a_crash_between_contact_writes_and_the_count_is_completed_by_redelivery
     crashed_attempts: list[str] = []
 
     def crash_once(
-        self: DynamoStore, ref: PeriodRef, attempt: str, contacts: int, period_end: datetime
-    ) -> bool:
+        self: DynamoStore, ref: PeriodRef, attempt: str, contacts: int, **when: Any
+    ) -> PeriodSummary | None:
         if ref.account_id == "acc-crash" and not crashed_attempts:
             crashed_attempts.append(attempt)
             raise StoreUnavailable("simulated crash before the count")
-        return real_apply(self, ref, attempt, contacts, period_end)
+        return real_apply(self, ref, attempt, contacts, **when)
 
     monkeypatch.setattr(DynamoStore, "apply_attempt", crash_once)
     crash_ids = contact_ids("con", 30)

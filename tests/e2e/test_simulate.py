@@ -97,7 +97,7 @@ def test_simulate_reports_a_month_with_exactly_the_keys_shapes_and_order_of_spec
             for name, count in stats[section].items()
         )
         assert list(stats[section]) == sorted(stats[section])
-    assert {"BatchGetItem", "PutItem", "TransactWriteItems", "Query"} <= set(stats["dynamodb"])
+    assert {"BatchGetItem", "PutItem", "UpdateItem", "Query"} <= set(stats["dynamodb"])
     assert set(stats["invocations"]) == {"RecordActivity", "ClosePeriods", "InvoiceAccount"}
     assert all(count > 0 for count in stats["invocations"].values())
 

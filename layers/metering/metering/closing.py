@@ -17,14 +17,13 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from metering import gateways
 from metering.events import Id
 from metering.model import Invoice, PeriodRef, StoreUnavailable
-from metering.rules import invoice_lines, months_back, subscription_at, utc_iso
+from metering.rules import invoice_lines, subscription_at, utc_iso
 
 if TYPE_CHECKING:
     from metering.settings import CloseSettings, InvoiceSettings
     from metering.store import DynamoStore
 
 INVOICE_DETAIL_TYPE = "Overusage Invoice Issued"
-OPEN_PERIOD_LOOKBACK_MONTHS = 14
 
 
 class InvoicePublishFailed(StoreUnavailable):
@@ -73,7 +72,7 @@ class CloseResult:
 def schedule_due_closes(run: ScheduledRun, store: DynamoStore, settings: CloseSettings) -> list[CloseRequest]:
     """Find every period whose end plus grace has passed and queue one close request per period."""
     as_of = run.scheduled_time
-    due = store.due_periods(months_back(as_of, OPEN_PERIOD_LOOKBACK_MONTHS), as_of - settings.grace)
+    due = store.due_periods(as_of - settings.grace)
     requests = [
         CloseRequest(account_id=ref.account_id, period=ref.period, as_of=as_of) for ref in sorted(due)
     ]

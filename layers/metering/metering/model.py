@@ -61,6 +61,8 @@ class PeriodSummary:
     period_end: str | None = None
     alerted_percents: frozenset[int] = field(default_factory=frozenset)
     unpublished_alerts: tuple[AlertRecord, ...] = ()
+    recent_attempts: dict[str, int] = field(default_factory=dict)
+    """Write attempts applied in the last minutes (token -> epoch seconds): the idempotency record."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -369,11 +369,7 @@ class Recorder:
     ) -> None:
         ref = group.ref
         if summary is not None and summary.closed_at is not None:
-            for event in group.events:
-                if any(
-                    (ref, c) not in existing and (ref, c) not in self.known for c in group.contacts_of(event)
-                ):
-                    self._record_late(outcome, "", event, ref)
+            self._record_late_group(outcome, group, existing)
             return
         period_end = period_bounds(ref.period, group.timezone)[1]
         stored = [existing[(ref, c)] for c in group.activations if (ref, c) in existing]
@@ -385,67 +381,92 @@ class Recorder:
         attempt = new_attempt_token()
         inserted, conflicts = self.store.insert_contacts(candidates, attempt, period_end)
         stored += conflicts
+        applied = dict(summary.recent_attempts) if summary else {}
         try:
-            recovered, verified = self._complete_orphaned_attempts(ref, group.event_ids, stored, period_end)
+            recovered = self._repair_orphaned_attempts(
+                group, stored, applied, running=attempt, period_end=period_end
+            )
+            after = None
             if inserted:
-                self.store.apply_attempt(ref, attempt, len(inserted), period_end)
+                now = datetime.now(UTC)
+                forget = [token for token in applied if attempt_age_seconds(token) > self._recent_seconds]
+                after = self.store.apply_attempt(
+                    ref, attempt, len(inserted), period_end=period_end, applied_at=now, forget=forget
+                )
         except PeriodClosed:
             self.store.delete_contacts(ref, [activation.contact_id for activation in inserted], attempt)
-            for event in group.events:
-                self._record_late(outcome, "", event, ref)
+            self._record_late_group(outcome, group, existing)
             return
         self.known.add_all(ref, [a.contact_id for a in inserted])
-        self.known.add_all(ref, [record.contact_id for record in stored if record.attempt in verified])
+        self.known.add_all(
+            ref, [r.contact_id for r in stored if r.attempt in applied or self._settled(r.attempt)]
+        )
         outcome.activations += len(inserted)
         outcome.recovered_contacts += recovered
         outcome.duplicate_touches += group.touches - len(inserted)
-        self._alert(outcome, group, summary, history, counted=bool(inserted or recovered))
+        if after is None:
+            active = (summary.active_contacts if summary else 0) + recovered
+            alerted = summary.alerted_percents if summary else frozenset()
+        else:
+            active, alerted = after.active_contacts, after.alerted_percents
+        self._alert(outcome, group, summary, history, active=active, alerted=alerted)
 
-    def _complete_orphaned_attempts(
-        self, ref: PeriodRef, event_ids: set[str], stored: Iterable[ContactRecord], period_end: datetime
-    ) -> tuple[int, set[str]]:
-        """Apply earlier attempts of these same events that stored contacts but never counted them.
-        Returns the contacts recovered and the attempts now known to be counted."""
-        suspects = {record.attempt for record in stored if record.first_event_id in event_ids}
+    @property
+    def _recent_seconds(self) -> float:
+        """How long an applied attempt stays in the summary's idempotency record: well past any retry of
+        the same call and past the function timeout, after which an attempt counts as settled."""
+        return max(300.0, 2.0 * self.settings.attempt_timeout_seconds)
+
+    def _settled(self, attempt: str) -> bool:
+        """An attempt old enough that it is certainly not running any more."""
+        return attempt_age_seconds(attempt) >= self.settings.attempt_timeout_seconds
+
+    def _repair_orphaned_attempts(
+        self,
+        group: _Group,
+        stored: Iterable[ContactRecord],
+        applied: dict[str, int],
+        *,
+        running: str,
+        period_end: datetime,
+    ) -> int:
+        """A redelivered event that finds the contact it created stored by an attempt that is not recorded
+        as applied may be looking at a crash between the contact write and the count: recount the period
+        (race-free, see `DynamoStore.repair_count`). An attempt still young may be running: retry later."""
+        event_ids = group.event_ids
+        suspects = {r.attempt for r in stored if r.first_event_id in event_ids and r.attempt not in applied}
         if not suspects:
-            return 0, set()
-        applied = self.store.applied_attempts(ref, suspects)
-        recovered = 0
-        for orphan in sorted(suspects - applied):
-            if attempt_age_seconds(orphan) < self.settings.attempt_timeout_seconds:
-                raise StoreUnavailable(f"attempt {orphan} may still be running; retry later")
-            contacts = self.store.count_attempt_contacts(ref, orphan)
-            if self.store.apply_attempt(ref, orphan, contacts, period_end):
-                recovered += contacts
-        return recovered, suspects
+            return 0
+        if not all(self._settled(attempt) for attempt in suspects):
+            raise StoreUnavailable("an earlier attempt of these events may still be running; retry later")
+        return self.store.repair_count(
+            group.ref, lambda attempt: attempt != running and self._settled(attempt), period_end
+        )
 
     def _alert(
         self,
         outcome: RecordingOutcome,
         group: _Group,
-        summary: PeriodSummary | None,
+        before: PeriodSummary | None,
         history: list[Subscription],
         *,
-        counted: bool,
+        active: int,
+        alerted: frozenset[int],
     ) -> None:
-        """Claim each threshold the exact count has now reached (once per period, by a conditional write),
-        then publish it; an alert claimed by a batch that failed to publish is published by the next one."""
-        pending = list(summary.unpublished_alerts) if summary else []
+        """Claim each threshold `active` (the count after this batch's write) has reached, once per period
+        by a conditional write that also checks the stored count, then publish it. An alert claimed by a
+        batch that failed to publish it is published by the next batch of that period."""
+        pending = list(before.unpublished_alerts) if before else []
         subscription = subscription_at(history, group.latest_event_time)
-        alerted = summary.alerted_percents if summary else frozenset()
         if subscription is not None and subscription.billed:
+            reached_at = utc_iso(group.latest_event_time)
             thresholds = self.settings.alert_thresholds
-            stored = summary.active_contacts if summary else 0
-            unclaimed = crossed_thresholds(thresholds, subscription.allowance, stored, alerted)
-            if (counted or unclaimed) and not alerted.issuperset(thresholds):
-                active = self.store.read_active_contacts(group.ref)
-                reached_at = utc_iso(group.latest_event_time)
-                for percent in crossed_thresholds(thresholds, subscription.allowance, active, alerted):
-                    alert = AlertRecord(
-                        group.ref, percent, subscription.allowance, active, subscription.plan, reached_at
-                    )
-                    if self.store.claim_alert(alert, threshold_contacts(subscription.allowance, percent)):
-                        pending.append(alert)
+            for percent in crossed_thresholds(thresholds, subscription.allowance, active, alerted):
+                alert = AlertRecord(
+                    group.ref, percent, subscription.allowance, active, subscription.plan, reached_at
+                )
+                if self.store.claim_alert(alert, threshold_contacts(subscription.allowance, percent)):
+                    pending.append(alert)
         if pending:
             gateways.publish(
                 self.settings.event_bus_name, USAGE_ALERT_DETAIL_TYPE, map(alert_detail, pending)
@@ -462,6 +483,21 @@ class Recorder:
                     )
             self.store.mark_alerts_published(group.ref, [alert.threshold_percent for alert in pending])
             outcome.alerts.extend(pending)
+
+    def _record_late_group(
+        self, outcome: RecordingOutcome, group: _Group, existing: dict[tuple[PeriodRef, str], ContactRecord]
+    ) -> None:
+        """Store the group's events as late, except those that could not have changed the bill: every
+        contact they touch was already made active by another event."""
+        ref = group.ref
+        for event in group.events:
+            made_no_difference = all(
+                (ref, c) in self.known
+                or ((ref, c) in existing and existing[(ref, c)].first_event_id != event.id)
+                for c in group.contacts_of(event)
+            )
+            if not made_no_difference:
+                self._record_late(outcome, "", event, ref)
 
     def _record_late(
         self, outcome: RecordingOutcome, message_id: str, event: ContactEvent | StatusRenamed, ref: PeriodRef

@@ -162,9 +162,3 @@ def utc_iso(instant: datetime) -> str:
         f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}"
         f".{utc.microsecond:06d}Z"
     )
-
-
-def months_back(instant: datetime, count: int) -> list[str]:
-    """The `YYYY-MM` labels from `count` months before `instant`'s month up to the month after it."""
-    index = instant.year * 12 + instant.month - 1
-    return [f"{i // 12:04d}-{i % 12 + 1:02d}" for i in range(index - count, index + 2)]

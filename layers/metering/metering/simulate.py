@@ -30,7 +30,7 @@ from metering import aws
 from metering.events import CRM_EVENT, SubscriptionChanged
 from metering.provisioning import REPO_ROOT, LocalStack, load_template, provision, tear_down, template_default
 from metering.recording import subscription_of
-from metering.rules import Subscription, account_timezone, close_instant, months_back, period_of, utc_iso
+from metering.rules import Subscription, account_timezone, close_instant, period_of, utc_iso
 from metering.store import DynamoStore
 
 FUNCTIONS_DIR = REPO_ROOT / "functions"
@@ -191,42 +191,26 @@ class Simulation:
         self.invoke("ClosePeriods", {"scheduledTime": utc_iso(instant).replace(".000000Z", "Z")})
         self.drain_queue("InvoiceAccount", self.stack.close_queue_url, CLOSE_BATCH_SIZE)
 
-    def next_close(self, after: datetime) -> datetime | None:
-        """The earliest close instant (period end + grace) among the periods still open."""
-        assert self.report_store is not None
-        ends = self.report_store.open_period_ends(months_back(after, 15))
-        return min(ends) + self.grace if ends else None
-
     def replay(self, envelopes: Iterator[tuple[str, datetime]]) -> None:
-        """Deliver the envelopes in order, in batches, and run the close job whenever the clock passes a
-        period's close instant. Periods of events still waiting in a batch are not in the table yet, so
-        the batch is recorded first whenever the clock reaches the close instant one of them may have."""
+        """Deliver the envelopes in order, in batches; whenever the clock reaches a period's close instant,
+        record what is waiting and run the close job as of that instant, before later events."""
         pending: list[tuple[str, datetime]] = []
-        pending_close: datetime | None = None
-        due: datetime | None = None
-        clock = datetime.min.replace(tzinfo=UTC)
         for body, sent_at in envelopes:
-            clock = max(clock, sent_at)
-            while (trigger := _earliest(due, pending_close)) is not None and clock >= trigger:
-                if pending:
-                    self.record(pending)
-                    pending, pending_close = [], None
-                elif due is not None:
-                    self.close_as_of(due)
-                due = self.next_close(clock)
+            for instant in self.schedule.due(sent_at):
+                self.record(pending)
+                pending = []
+                self.close_as_of(instant)
             pending.append((body, sent_at))
-            pending_close = _earliest(pending_close, self.schedule.close_instant_of(body))
+            self.schedule.learn(body)
             if len(pending) >= self.batch_size:
                 self.record(pending)
-                pending, pending_close = [], None
-                due = self.next_close(clock)
+                pending = []
         self.record(pending)
         now = self.options.now
-        closed_at_now = False
-        while (due := self.next_close(now)) is not None and due <= now:
-            self.close_as_of(due)
-            closed_at_now = due == now
-        if not closed_at_now:
+        instants = self.schedule.due(now)
+        for instant in instants:
+            self.close_as_of(instant)
+        if not instants or instants[-1] != now:
             self.close_as_of(now)
 
     def report(self) -> dict[str, Any]:
@@ -244,30 +228,39 @@ class Simulation:
         return report
 
 
-def _earliest(*instants: datetime | None) -> datetime | None:
-    return min((instant for instant in instants if instant is not None), default=None)
-
-
 @dataclass(slots=True)
 class CloseSchedule:
-    """The harness's own view of when a delivered event's period closes, from the subscription changes it
-    has delivered so far (the same rules the functions apply); it only decides when to cut a batch."""
+    """When the hourly job would find a period due: the close instant of every period an event has been
+    delivered for, in the account's time zone as known from the subscription changes delivered so far
+    (the rules the functions apply). It only times the close runs; what they close is read from the table."""
 
     grace: timedelta
     default_timezone: str
     histories: dict[str, list[Subscription]] = field(default_factory=dict)
+    upcoming: set[datetime] = field(default_factory=set)
+    clock: datetime = field(default_factory=lambda: datetime.min.replace(tzinfo=UTC))
 
-    def close_instant_of(self, body: str) -> datetime | None:
+    def learn(self, body: str) -> None:
         try:
             event = CRM_EVENT.validate_json(body)
         except (ValidationError, ValueError):
-            return None
+            return
         history = self.histories.setdefault(event.account_id, [])
         if isinstance(event, SubscriptionChanged):
             history.append(subscription_of(event))
-            return None
+            return
         tz = account_timezone(history, event.occurred_at, self.default_timezone)
-        return close_instant(period_of(event.occurred_at, tz), tz, self.grace)
+        instant = close_instant(period_of(event.occurred_at, tz), tz, self.grace)
+        if instant > self.clock:
+            self.upcoming.add(instant)
+
+    def due(self, clock: datetime) -> list[datetime]:
+        """The close instants the clock has reached, in order; each is returned once (an instant the clock
+        has already passed, learnt from a late event, had its run then)."""
+        self.clock = max(self.clock, clock)
+        reached = sorted(instant for instant in self.upcoming if instant <= clock)
+        self.upcoming.difference_update(reached)
+        return reached
 
 
 def read_envelopes(path: Path) -> Iterator[tuple[str, datetime]]:

@@ -6,10 +6,9 @@ Single-table layout (docs/design.md explains it):
 |----------------------|---------------------------|-----------------------------|
 | period summary       | `{account}#{period}`      | `summary`                   |
 | active contact       | `{account}#{period}`      | `contact#{contactId}`       |
-| applied attempt      | `{account}#{period}`      | `attempt#{token}`           |
 | late event           | `{account}#{period}`      | `late#{eventId}`            |
 | invoice              | `{account}#{period}`      | `invoice`                   |
-| subscription change  | `{account}#subscriptions` | `{effectiveAt}#{eventId}`   |
+| subscription history | `{account}#subscriptions` | `history` (one attribute `change#{eventId}` per change) |
 | rejected event       | `#rejected#{YYYY-MM}`     | `{eventId}`                 |
 
 Ids match `^[A-Za-z0-9]...` without `#`, so no account can forge another item's key.
@@ -17,7 +16,6 @@ Ids match `^[A-Za-z0-9]...` without `#`, so no account can forge another item's 
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,13 +46,17 @@ OPEN_PERIODS_INDEX = "OpenPeriods"
 SUMMARY_SK = "summary"
 INVOICE_SK = "invoice"
 CONTACT_PREFIX = "contact#"
-ATTEMPT_PREFIX = "attempt#"
 LATE_PREFIX = "late#"
 REJECTED_PREFIX = "#rejected#"
 SUBSCRIPTIONS_SUFFIX = "#subscriptions"
+HISTORY_SK = "history"
+CHANGE_PREFIX = "change#"
+OPEN_PERIODS_PARTITION = "open"
+PERIOD_STATE_PROJECTION = (
+    "pk, sk, activeContacts, closedAt, outcome, alerts, recent, eventId, detailType, occurredAt, attempt"
+)
 
 CONTACT_RETENTION = timedelta(days=400)
-ATTEMPT_RETENTION = timedelta(days=35)
 BATCH_GET_LIMIT = 100
 BATCH_WRITE_LIMIT = 25
 WRITE_THREADS = 8
@@ -144,10 +146,7 @@ class DynamoStore:
         keys += [_key(period_pk(ref), CONTACT_PREFIX + contact_id) for ref, contact_id in contacts]
         summaries: dict[PeriodRef, PeriodSummary] = {}
         existing: dict[tuple[PeriodRef, str], ContactRecord] = {}
-        for item in self._batch_get(
-            keys,
-            "pk, sk, activeContacts, closedAt, outcome, alerts, eventId, detailType, occurredAt, attempt",
-        ):
+        for item in self._batch_get(keys, PERIOD_STATE_PROJECTION):
             ref, sk = ref_from_pk(_text(item, "pk")), _text(item, "sk")
             if sk == SUMMARY_SK:
                 summaries[ref] = _summary(ref, item)
@@ -156,49 +155,73 @@ class DynamoStore:
                 existing[(ref, record.contact_id)] = record
         return summaries, existing
 
-    def applied_attempts(self, ref: PeriodRef, attempts: Iterable[str]) -> set[str]:
-        """Which of these write attempts have had their contacts added to the period's count."""
-        keys = [_key(period_pk(ref), ATTEMPT_PREFIX + attempt) for attempt in attempts]
-        return {_text(item, "sk").removeprefix(ATTEMPT_PREFIX) for item in self._batch_get(keys, "sk")}
-
-    def count_attempt_contacts(self, ref: PeriodRef, attempt: str) -> int:
-        """How many contacts one write attempt stored (the recovery path after a crash; reads the period)."""
-        total = 0
-        for page in self._query(
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
-            FilterExpression="attempt = :attempt",
-            ExpressionAttributeValues={
-                ":pk": _s(period_pk(ref)),
-                ":prefix": _s(CONTACT_PREFIX),
-                ":attempt": _s(attempt),
-            },
-            Select="COUNT",
-        ):
-            total += int(page.get("Count", 0))
-        return total
-
-    def read_active_contacts(self, ref: PeriodRef) -> int:
-        """The exact current count (strongly consistent), for threshold alerts after an increment."""
-        response = self._call(
-            self.client.get_item,
-            TableName=self._table,
-            Key=_key(period_pk(ref), SUMMARY_SK),
-            ProjectionExpression="activeContacts",
-            ConsistentRead=True,
-        )
-        return _int(response.get("Item", {}), "activeContacts")
+    def repair_count(self, ref: PeriodRef, settled: Callable[[str], bool], period_end: datetime) -> int:
+        """Set the running count to the contact items whose attempts are settled (applied, or too old to
+        still be running) plus those whose attempts are recorded as applied, without losing a concurrent
+        increment: the write is conditioned on the count it replaces. Returns the contacts added.
+        This reads the whole period and runs only when a crashed attempt may have left contacts uncounted."""
+        pk = period_pk(ref)
+        for delay in _backoff():
+            response = self._call(
+                self.client.get_item,
+                TableName=self._table,
+                Key=_key(pk, SUMMARY_SK),
+                ProjectionExpression="activeContacts, recent, closedAt",
+                ConsistentRead=True,
+            )
+            summary = response.get("Item", {})
+            if "closedAt" in summary:
+                raise PeriodClosed(pk)
+            seen = _int(summary, "activeContacts")
+            applied = set(summary.get("recent", {}).get("M", {}))
+            should = 0
+            for page in self._query(
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+                ExpressionAttributeValues={":pk": _s(pk), ":prefix": _s(CONTACT_PREFIX)},
+                ProjectionExpression="attempt",
+                ConsistentRead=True,
+            ):
+                should += sum(
+                    1
+                    for item in page.get("Items", [])
+                    if _text(item, "attempt") in applied or settled(_text(item, "attempt"))
+                )
+            try:
+                self._call(
+                    self.client.update_item,
+                    TableName=self._table,
+                    Key=_key(pk, SUMMARY_SK),
+                    UpdateExpression=f"SET activeContacts = :should, recent = if_not_exists(recent, :none), "
+                    f"{SUMMARY_BOOKKEEPING}",
+                    ConditionExpression="activeContacts = :seen AND attribute_not_exists(closedAt)"
+                    if summary
+                    else "attribute_not_exists(pk)",
+                    ExpressionAttributeValues={
+                        ":should": _n(should),
+                        ":none": {"M": {}},
+                        **({":seen": _n(seen)} if summary else {}),
+                        **_summary_values(ref, period_end),
+                    },
+                )
+            except ClientError as exc:
+                if _error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                time.sleep(delay)
+                continue
+            return should - seen
+        raise StoreUnavailable(f"count of {pk} kept changing during its repair")
 
     def load_subscriptions(self, account_ids: Iterable[str]) -> dict[str, list[Subscription]]:
-        """The full subscription history of each account (a handful of items each)."""
-        histories: dict[str, list[Subscription]] = {}
-        for account_id in account_ids:
+        """The full subscription history of each account: one item per account, read in one BatchGetItem."""
+        accounts = sorted(set(account_ids))
+        histories: dict[str, list[Subscription]] = {account_id: [] for account_id in accounts}
+        keys = [_key(account_id + SUBSCRIPTIONS_SUFFIX, HISTORY_SK) for account_id in accounts]
+        for item in self._batch_get(keys, projection=None):
+            account_id = _text(item, "pk").removesuffix(SUBSCRIPTIONS_SUFFIX)
             histories[account_id] = [
-                _subscription(account_id, item)
-                for page in self._query(
-                    KeyConditionExpression="pk = :pk",
-                    ExpressionAttributeValues={":pk": _s(account_id + SUBSCRIPTIONS_SUFFIX)},
-                )
-                for item in page.get("Items", [])
+                _subscription(account_id, value["M"])
+                for name, value in sorted(item.items())
+                if name.startswith(CHANGE_PREFIX)
             ]
         return histories
 
@@ -246,70 +269,67 @@ class DynamoStore:
                 existing.append(outcome)
         return inserted, existing
 
-    def apply_attempt(self, ref: PeriodRef, attempt: str, contacts: int, period_end: datetime) -> bool:
-        """Add an attempt's new contacts to the period count, atomically with a marker that makes it
-        idempotent. False: this attempt was applied before. Raises PeriodClosed if the period is sealed."""
+    def apply_attempt(
+        self,
+        ref: PeriodRef,
+        attempt: str,
+        contacts: int,
+        *,
+        period_end: datetime,
+        applied_at: datetime,
+        forget: Iterable[str] = (),
+    ) -> PeriodSummary | None:
+        """Add an attempt's new contacts to the period count in one conditional UpdateItem that also records
+        the attempt in the summary's `recent` map, so the same attempt can never be added twice (a retry of
+        a write whose answer was lost finds itself there). Attempts in `forget` are dropped from the map.
+        Returns the summary after the write, None when this attempt was applied before.
+        Raises PeriodClosed when the period is sealed."""
         pk = period_pk(ref)
-        for delay in _backoff():
+        values = {":n": _n(contacts), ":at": _epoch(applied_at), **_summary_values(ref, period_end)}
+        bookkeeping = SUMMARY_BOOKKEEPING
+        stale = {f"#old{index}": token for index, token in enumerate(sorted(set(forget) - {attempt}))}
+        for _ in range(3):
             try:
-                return self._transact_attempt(ref, attempt, contacts, period_end)
-            except _TransactionConflict:
-                time.sleep(delay * random.uniform(0.5, 1.5))
-        raise StoreUnavailable(f"transaction conflicts on {pk} persisted")
-
-    def _transact_attempt(self, ref: PeriodRef, attempt: str, contacts: int, period_end: datetime) -> bool:
-        pk = period_pk(ref)
-        try:
-            self._call(
-                self.client.transact_write_items,
-                ClientRequestToken=attempt[:36],
-                TransactItems=[
-                    {
-                        "Update": {
-                            "TableName": self._table,
-                            "Key": _key(pk, SUMMARY_SK),
-                            "UpdateExpression": (
-                                "ADD activeContacts :n SET accountId = :account, period = :period, "
-                                "periodEnd = if_not_exists(periodEnd, :end), "
-                                "openPeriod = if_not_exists(openPeriod, :period), "
-                                "openPeriodEnd = if_not_exists(openPeriodEnd, :end), "
-                                "alerts = if_not_exists(alerts, :noAlerts)"
-                            ),
-                            "ConditionExpression": "attribute_not_exists(closedAt)",
-                            "ExpressionAttributeValues": {
-                                ":n": _n(contacts),
-                                ":account": _s(ref.account_id),
-                                ":period": _s(ref.period),
-                                ":end": _s(utc_iso(period_end)),
-                                ":noAlerts": {"M": {}},
-                            },
-                        }
+                response = self._call(
+                    self.client.update_item,
+                    TableName=self._table,
+                    Key=_key(pk, SUMMARY_SK),
+                    UpdateExpression=f"ADD activeContacts :n SET recent.#attempt = :at, {bookkeeping}"
+                    + (" REMOVE " + ", ".join(f"recent.{name}" for name in stale) if stale else ""),
+                    ConditionExpression="attribute_exists(recent) AND attribute_not_exists(recent.#attempt) "
+                    "AND attribute_not_exists(closedAt)",
+                    ExpressionAttributeNames={"#attempt": attempt, **stale},
+                    ExpressionAttributeValues=values,
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+                return _summary(ref, response["Attributes"])
+            except ClientError as exc:
+                if _error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+                old = _old_item(exc) or {}
+            if "closedAt" in old:
+                raise PeriodClosed(pk)
+            if attempt in old.get("recent", {}).get("M", {}):
+                return None
+            try:
+                response = self._call(
+                    self.client.update_item,
+                    TableName=self._table,
+                    Key=_key(pk, SUMMARY_SK),
+                    UpdateExpression=f"ADD activeContacts :n SET recent = :recent, {bookkeeping}",
+                    ConditionExpression="attribute_not_exists(recent)",
+                    ExpressionAttributeValues={
+                        **{name: value for name, value in values.items() if name != ":at"},
+                        ":recent": {"M": {attempt: _epoch(applied_at)}},
                     },
-                    {
-                        "Put": {
-                            "TableName": self._table,
-                            "Item": {
-                                **_key(pk, ATTEMPT_PREFIX + attempt),
-                                "contacts": _n(contacts),
-                                "expiresAt": _epoch(datetime.now(UTC) + ATTEMPT_RETENTION),
-                            },
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                ],
-            )
-        except ClientError as exc:
-            response: dict[str, Any] = dict(exc.response)
-            reasons: list[dict[str, Any]] = response.get("CancellationReasons", [])
-            codes = [reason.get("Code") for reason in reasons]
-            if len(codes) == 2 and codes[1] == "ConditionalCheckFailed":
-                return False
-            if len(codes) == 2 and codes[0] == "ConditionalCheckFailed":
-                raise PeriodClosed(pk) from exc
-            if "TransactionConflict" in codes:
-                raise _TransactionConflict(pk) from exc
-            raise StoreUnavailable(f"transaction cancelled: {codes}") from exc
-        return True
+                    ReturnValues="ALL_NEW",
+                )
+                return _summary(ref, response["Attributes"])
+            except ClientError as exc:
+                if _error_code(exc) != "ConditionalCheckFailedException":
+                    raise
+        raise StoreUnavailable(f"summary of {pk} changed shape during the update")
 
     def delete_contacts(self, ref: PeriodRef, contact_ids: Iterable[str], attempt: str) -> None:
         """Undo an attempt's contacts in a period that sealed before they were counted (they become late)."""
@@ -403,32 +423,39 @@ class DynamoStore:
         )
 
     def save_subscriptions(self, subscriptions: Sequence[Subscription]) -> None:
-        """Store subscription changes; the key is the change, so a redelivery rewrites the same item."""
-        self._batch_write(_subscription_item(subscription) for subscription in subscriptions)
+        """Add changes to their account's history item, one attribute per change named by its event id,
+        so a redelivery rewrites the same attribute and concurrent changes never overwrite each other."""
+        by_account: dict[str, list[Subscription]] = {}
+        for subscription in subscriptions:
+            by_account.setdefault(subscription.account_id, []).append(subscription)
+        for account_id, changes in by_account.items():
+            names = {f"#c{index}": CHANGE_PREFIX + change.event_id for index, change in enumerate(changes)}
+            self._call(
+                self.client.update_item,
+                TableName=self._table,
+                Key=_key(account_id + SUBSCRIPTIONS_SUFFIX, HISTORY_SK),
+                UpdateExpression="SET " + ", ".join(f"{name} = :c{name[2:]}" for name in names),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={
+                    f":c{index}": {"M": _subscription_attributes(change)}
+                    for index, change in enumerate(changes)
+                },
+            )
 
     # ---- period close ----
 
-    def due_periods(self, labels: Iterable[str], period_end_before: datetime) -> list[PeriodRef]:
-        """Open periods (of the given month labels) that ended at or before the cut-off."""
-        refs: list[PeriodRef] = []
-        for label in labels:
-            for page in self._query(
-                IndexName=OPEN_PERIODS_INDEX,
-                KeyConditionExpression="openPeriod = :period AND openPeriodEnd <= :cutoff",
-                ExpressionAttributeValues={":period": _s(label), ":cutoff": _s(utc_iso(period_end_before))},
-            ):
-                refs.extend(ref_from_pk(_text(item, "pk")) for item in page.get("Items", []))
-        return refs
-
-    def open_period_ends(self, labels: Iterable[str]) -> list[datetime]:
-        """End instants of every period still open (for the replay harness's schedule)."""
+    def due_periods(self, period_end_before: datetime) -> list[PeriodRef]:
+        """Open periods that ended at or before the cut-off, from the sparse open-periods index. One index
+        partition: it is written once when a period opens and once when it closes, far below its limits."""
         return [
-            datetime.fromisoformat(_text(item, "openPeriodEnd"))
-            for label in labels
+            ref_from_pk(_text(item, "pk"))
             for page in self._query(
                 IndexName=OPEN_PERIODS_INDEX,
-                KeyConditionExpression="openPeriod = :period",
-                ExpressionAttributeValues={":period": _s(label)},
+                KeyConditionExpression="openPeriod = :open AND openPeriodEnd <= :cutoff",
+                ExpressionAttributeValues={
+                    ":open": _s(OPEN_PERIODS_PARTITION),
+                    ":cutoff": _s(utc_iso(period_end_before)),
+                },
             )
             for item in page.get("Items", [])
         ]
@@ -651,7 +678,7 @@ class DynamoStore:
             if not start:
                 return
 
-    def _batch_get(self, keys: list[dict[str, Any]], projection: str) -> Iterator[Item]:
+    def _batch_get(self, keys: list[dict[str, Any]], projection: str | None) -> Iterator[Item]:
         unique = list({(key["pk"]["S"], key["sk"]["S"]): key for key in keys}.values())
         for offset in range(0, len(unique), BATCH_GET_LIMIT):
             pending: list[dict[str, Any]] = unique[offset : offset + BATCH_GET_LIMIT]
@@ -659,7 +686,12 @@ class DynamoStore:
                 response: dict[str, Any] = dict(
                     self._call(
                         self.client.batch_get_item,
-                        RequestItems={self._table: {"Keys": pending, "ProjectionExpression": projection}},
+                        RequestItems={
+                            self._table: {
+                                "Keys": pending,
+                                **({"ProjectionExpression": projection} if projection else {}),
+                            }
+                        },
                     )
                 )
                 yield from response.get("Responses", {}).get(self._table, [])
@@ -687,8 +719,22 @@ class DynamoStore:
                 raise StoreUnavailable("BatchWriteItem left items unprocessed")
 
 
-class _TransactionConflict(Exception):
-    """Another write touched the summary during the transaction; retrying with the same token is safe."""
+SUMMARY_BOOKKEEPING = (
+    "accountId = :account, period = :period, periodEnd = if_not_exists(periodEnd, :end), "
+    "openPeriod = if_not_exists(openPeriod, :open), "
+    "openPeriodEnd = if_not_exists(openPeriodEnd, :end), alerts = if_not_exists(alerts, :noAlerts)"
+)
+"""What every write that may create a period summary sets: its identity, end and open-index keys."""
+
+
+def _summary_values(ref: PeriodRef, period_end: datetime) -> Item:
+    return {
+        ":account": _s(ref.account_id),
+        ":period": _s(ref.period),
+        ":open": _s(OPEN_PERIODS_PARTITION),
+        ":end": _s(utc_iso(period_end)),
+        ":noAlerts": {"M": {}},
+    }
 
 
 def _backoff(attempts: int = 6, base: float = 0.05) -> Iterator[float]:
@@ -706,6 +752,9 @@ def _summary(ref: PeriodRef, item: Item) -> PeriodSummary:
         outcome=_text(item, "outcome") or None,
         period_end=_text(item, "periodEnd") or None,
         alerted_percents=frozenset(int(percent) for percent in alerts),
+        recent_attempts={
+            token: int(value["N"]) for token, value in item.get("recent", {}).get("M", {}).items()
+        },
         unpublished_alerts=tuple(
             _alert(ref, int(percent), value["M"])
             for percent, value in sorted(alerts.items())
@@ -735,12 +784,8 @@ def _contact(item: Item) -> ContactRecord:
     )
 
 
-def _subscription_item(subscription: Subscription) -> Item:
-    item = {
-        **_key(
-            subscription.account_id + SUBSCRIPTIONS_SUFFIX,
-            f"{utc_iso(subscription.effective_at)}#{subscription.event_id}",
-        ),
+def _subscription_attributes(subscription: Subscription) -> Item:
+    attributes = {
         "effectiveAt": _s(utc_iso(subscription.effective_at)),
         "eventId": _s(subscription.event_id),
         "plan": _s(subscription.plan),
@@ -748,8 +793,8 @@ def _subscription_item(subscription: Subscription) -> Item:
         "addonContacts": _n(subscription.addon_contacts),
     }
     if subscription.timezone:
-        item["timezone"] = _s(subscription.timezone)
-    return item
+        attributes["timezone"] = _s(subscription.timezone)
+    return attributes
 
 
 def _subscription(account_id: str, item: Item) -> Subscription:
