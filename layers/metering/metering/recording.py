@@ -1,11 +1,12 @@
 """Recording: turn a batch of CRM events into active contacts, exactly once per account, month and contact.
 
-The count of a period is exact under redelivery, retries and concurrency because of three rules:
+The count of a period is exact under redelivery, retries and concurrency because of three rules
+(docs/design.md has the full argument):
 1. a contact item is created by a conditional write that carries the writer's *attempt* token;
-2. an attempt's new contacts are added to the period count in one transaction with an attempt marker,
-   so the same attempt can never be added twice;
-3. a redelivered event that finds "its" contact stored by an attempt without a marker (the writer died
-   between 1 and 2) completes that attempt: it counts the attempt's contacts and applies them.
+2. an attempt's new contacts are added to the period count by one conditional update that records the
+   token in the summary, so the same attempt can never be added twice;
+3. a redelivered event that finds "its" contact stored by an attempt not recorded as applied (the writer
+   died between 1 and 2) recounts the period without losing concurrent increments.
 The invariant `summary.activeContacts == number of contact items` is checked by `metering recount`.
 """
 
