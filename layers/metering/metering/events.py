@@ -27,6 +27,8 @@ MAX_SOURCE_EVENT_ID_LENGTH = 256
 FAN_OUT_SUFFIX = "{id}#part{index:04d}"
 """Id of a chunk of a large `Status Renamed`, derived from the original event id."""
 MAX_EVENT_ID_LENGTH = MAX_SOURCE_EVENT_ID_LENGTH + len("#part0000")
+EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}(#part[0-9]{4})?$"
+"""Envelope ids: the id alphabet (EventBridge uses UUIDs), plus the suffix of a fan-out chunk."""
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, strict=True)]
 """Every identifier of the contract: account, contact, status, message, note, funnel."""
@@ -131,7 +133,7 @@ class _Envelope(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     version: str = "0"
-    id: Annotated[str, StringConstraints(min_length=1, max_length=MAX_EVENT_ID_LENGTH, strict=True)]
+    id: Annotated[str, StringConstraints(pattern=EVENT_ID_PATTERN, strict=True)]
     source: Annotated[str, StringConstraints(min_length=1, max_length=256, strict=True)]
     account: str | None = None
     time: IsoInstant

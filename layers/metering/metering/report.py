@@ -9,12 +9,12 @@ from rich.table import Table
 
 
 def _euros(cents: int) -> str:
-    return f"EUR {cents // 100},{cents % 100:02d}"
+    return f"EUR {cents // 100}.{cents % 100:02d}"
 
 
 def print_table(report: dict[str, Any], console: Console | None = None) -> None:
     """Invoices, usage, alerts, rejected and late events, and the request counts, one table each."""
-    console = console or Console()
+    console = console or Console(width=max(Console().width, 120))
     invoices = Table(title="Overusage invoices")
     for column in ("account", "period", "plan", "cycle", "allowance", "active", "over", "amount"):
         invoices.add_column(
