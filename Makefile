@@ -28,7 +28,7 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy layers/metering/metering functions scripts
+	$(BIN)/mypy layers/metering/metering functions scripts tests
 	$(BIN)/sam validate --lint
 	$(BIN)/cfn-lint template.yaml
 

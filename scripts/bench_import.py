@@ -38,8 +38,11 @@ def cold_import_seconds(statement: str, runs: int) -> float:
     samples = [
         float(
             subprocess.run(
-                [sys.executable, "-c", code], env={**os.environ, **ENVIRONMENT}, check=True,
-                capture_output=True, text=True,
+                [sys.executable, "-c", code],
+                env={**os.environ, **ENVIRONMENT},
+                check=True,
+                capture_output=True,
+                text=True,
             ).stdout
         )
         for _ in range(runs)
@@ -56,7 +59,9 @@ def main() -> None:
     print(f"import boto3: {baseline * 1000:.1f} ms")
     for name in HANDLERS:
         seconds = cold_import_seconds(f"import functions.{name}.app", runs)
-        print(f"import functions.{name}.app: {seconds * 1000:.1f} ms  ratio to boto3: {seconds / baseline:.2f}")
+        print(
+            f"import functions.{name}.app: {seconds * 1000:.1f} ms  ratio to boto3: {seconds / baseline:.2f}"
+        )
 
 
 if __name__ == "__main__":
