@@ -125,6 +125,7 @@ class Month:
     year: int
     month: int
     accounts: tuple[Account, ...]
+    rename_contacts: int = CLAIM_CHECK_CONTACTS
     planned: list[tuple[datetime, int, Json]] = field(default_factory=list)
     objects: dict[str, str] = field(default_factory=dict)
     expected: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
@@ -350,11 +351,12 @@ def rename(month: Month, account: Account, at: datetime, status_id: str, contact
 
 
 def claim_checked_rename(month: Month, pools: dict[str, list[str]]) -> None:
-    """The scale account renames a column of 2,500 contacts: too many to inline, so it names an S3 object."""
+    """The scale account renames a column of 2,500 contacts (by default): too many to inline, so it names an
+    S3 object."""
     account = month.account(SCALE_ACCOUNT)
     pool = pools[SCALE_ACCOUNT]
-    extra = unique_ids(month, max(700, CLAIM_CHECK_CONTACTS + 100 - len(pool)))
-    members = month.rng.sample(pool + extra, CLAIM_CHECK_CONTACTS)
+    extra = unique_ids(month, max(700, month.rename_contacts + 100 - len(pool)))
+    members = month.rng.sample(pool + extra, month.rename_contacts)
     status_id = month.hex_id("st-col-", 32)
     key = f"renames/{SCALE_ACCOUNT}/{status_id}.txt"
     month.objects[key] = "\n".join(members) + "\n"
@@ -448,9 +450,11 @@ def _from_the_future(month: Month, account: Account, at: datetime) -> tuple[str,
 # ---- the whole month ----
 
 
-def build_month(events: int, seed: int, year: int, month_number: int) -> Month:
+def build_month(
+    events: int, seed: int, year: int, month_number: int, rename_contacts: int = CLAIM_CHECK_CONTACTS
+) -> Month:
     """Plan every envelope of the month, sized so the file has about `events` lines."""
-    month = Month(random.Random(seed), year, month_number, roster(events / DEFAULT_EVENTS))
+    month = Month(random.Random(seed), year, month_number, roster(events / DEFAULT_EVENTS), rename_contacts)
     bad = max(6, round(events * BAD_EVENT_SHARE))
     subscriptions(month)
     pools = contact_pools(month)
@@ -537,8 +541,15 @@ def summary_lines(month: Month) -> list[str]:
     return lines
 
 
-def generate(events: int, seed: int, year: int, month_number: int, out: Path) -> Month:
-    month = build_month(events, seed, year, month_number)
+def generate(
+    events: int,
+    seed: int,
+    year: int,
+    month_number: int,
+    out: Path,
+    rename_contacts: int = CLAIM_CHECK_CONTACTS,
+) -> Month:
+    month = build_month(events, seed, year, month_number, rename_contacts)
     write_month(month, out)
     return month
 
@@ -557,9 +568,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=202610, help="random seed (same seed, same file)")
     parser.add_argument("--month", type=_month, default=(2026, 10), help="the billing month, YYYY-MM")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the JSON-lines file to write")
+    parser.add_argument(
+        "--rename-contacts", type=int, default=CLAIM_CHECK_CONTACTS, help="size of the claim-checked rename"
+    )
     args = parser.parse_args(argv)
     year, month_number = args.month
-    month = generate(args.events, args.seed, year, month_number, args.out)
+    month = generate(
+        args.events, args.seed, year, month_number, args.out, rename_contacts=args.rename_contacts
+    )
     print(f"wrote {args.out} and {objects_dir_of(args.out)}/", file=sys.stderr)
     print("\n".join(summary_lines(month)), file=sys.stderr)
     return 0

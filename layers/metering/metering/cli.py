@@ -31,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--objects-dir", type=Path, help="claim-check objects (default EVENTS.objects/)")
     simulate.add_argument("--claim-check-bucket", default="crm-claim-checks", help="bucket the events name")
     simulate.add_argument("--format", choices=("json", "table"), default="json")
+    simulate.add_argument(
+        "--inject-faults",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="share of DynamoDB and S3 calls to fail",
+    )
+    simulate.add_argument("--fault-seed", type=int, default=0, help="seed of the injected faults")
 
     recount = commands.add_parser("recount", help="check every running count against its contact items")
     recount.add_argument("--table", required=True, help="the metering table (stack output TableName)")
@@ -69,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 objects_dir=args.objects_dir,
                 claim_check_bucket=args.claim_check_bucket,
+                fault_rate=args.inject_faults,
+                fault_seed=args.fault_seed,
             )
         )
         if args.format == "table":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -51,8 +51,16 @@ def _iso_text(value: object) -> object:
     return value
 
 
+def _within_billing_era(value: datetime) -> datetime:
+    if not EARLIEST_INSTANT <= value < LATEST_INSTANT:
+        raise ValueError(f"must lie between {EARLIEST_INSTANT.year} and {LATEST_INSTANT.year - 1}")
+    return value
+
+
 ISO_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
-IsoInstant = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
+EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_INSTANT = datetime(3000, 1, 1, tzinfo=UTC)
+IsoInstant = Annotated[AwareDatetime, BeforeValidator(_iso_text), AfterValidator(_within_billing_era)]
 """A point in time as the contract writes it: ISO 8601 text with an offset (numbers are refused)."""
 
 TimezoneName = Annotated[str, StringConstraints(max_length=64, strict=True), AfterValidator(_known_timezone)]
@@ -143,7 +151,7 @@ class _Envelope(BaseModel):
     @model_validator(mode="after")
     def _not_from_the_future(self) -> _Envelope:
         detail: _Detail = getattr(self, "detail")  # noqa: B009 - every concrete envelope declares it
-        if detail.occurred_at > self.time + MAX_CLOCK_SKEW:
+        if detail.occurred_at - self.time > MAX_CLOCK_SKEW:
             raise ValueError("occurredAt is more than 5 minutes after the envelope time")
         return self
 

@@ -32,7 +32,7 @@ def read_claim_check(bucket: str, key: str, *, max_bytes: int = 64 * 1024 * 1024
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in {"NoSuchKey", "404", "NoSuchBucket", "AccessDenied", "403"}:
             raise ClaimCheckInvalid(
-                f"claim-check object s3://{bucket}/{key} does not exist ({code})"
+                f"claim-check object s3://{bucket}/{key[:100]} does not exist ({code})"
             ) from exc
         raise StoreUnavailable(f"S3 {code or 'error'}") from exc
     except BotoCoreError as exc:

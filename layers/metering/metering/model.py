@@ -48,6 +48,8 @@ class AlertRecord:
     active_contacts: int
     plan: str
     reached_at: str
+    claimed_at: int = 0
+    """When the claim was written (epoch seconds): a claim whose batch may still be publishing is left be."""
 
 
 @dataclass(slots=True)

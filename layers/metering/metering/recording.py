@@ -64,6 +64,8 @@ if TYPE_CHECKING:
 
 USAGE_ALERT_DETAIL_TYPE = "Usage Threshold Reached"
 MAX_RAW_BYTES = 64 * 1024
+MAX_REASON_PROBLEMS = 3
+MAX_REASON_LENGTH = 480
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,8 +179,9 @@ def parse_record(record: InboundRecord) -> CrmEvent | Rejection:
 
 def describe_validation_error(exc: ValidationError) -> str:
     """`detail.contactId: String should match pattern ...; ...` without echoing the offending values."""
-    problems = []
-    for error in exc.errors(include_url=False, include_input=False):
+    problems: list[str] = []
+    errors = exc.errors(include_url=False, include_input=False)
+    for error in errors[:MAX_REASON_PROBLEMS]:
         location = ".".join(str(part) for part in error["loc"][1:] if part not in {"function-after"})
         if error["type"] == "union_tag_invalid":
             problems.append("unknown detail-type")
@@ -186,6 +189,8 @@ def describe_validation_error(exc: ValidationError) -> str:
             problems.append("detail-type is missing")
         else:
             problems.append(f"{location or 'event'}: {error['msg']}")
+    if len(errors) > MAX_REASON_PROBLEMS:
+        problems.append(f"and {len(errors) - MAX_REASON_PROBLEMS} more")
     return "; ".join(problems)
 
 
@@ -205,14 +210,28 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _event_id_of(document: object) -> str | None:
     if isinstance(document, dict):
         event_id = document.get("id")
-        if isinstance(event_id, str) and 0 < len(event_id) <= MAX_EVENT_ID_LENGTH:
+        if isinstance(event_id, str) and _usable_as_key(event_id):
             return event_id
     return None
 
 
+def _usable_as_key(event_id: str) -> bool:
+    """Whether a rejected event's own id can key its record: printable, valid UTF-8, within the key size."""
+    try:
+        size = len(event_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
+    return event_id.isprintable() and 0 < size <= MAX_EVENT_ID_LENGTH
+
+
 def _rejection(record: InboundRecord, event_id: str | None, reason: str, received_at: str) -> Rejection:
     raw = record.body if len(record.body) <= MAX_RAW_BYTES else record.body[:MAX_RAW_BYTES]
-    return Rejection(event_id or f"sqs:{record.message_id}", reason, raw, received_at)
+    return Rejection(event_id or f"sqs:{record.message_id}", short_reason(reason), raw, received_at)
+
+
+def short_reason(reason: str) -> str:
+    """Reasons are for people: bounded, whatever the input was."""
+    return reason if len(reason) <= MAX_REASON_LENGTH else reason[: MAX_REASON_LENGTH - 1] + "…"
 
 
 def subscription_of(event: SubscriptionChanged) -> Subscription:
@@ -349,7 +368,10 @@ class Recorder:
             contact_ids = gateways.read_claim_check(claim.bucket, claim.key)
         except ClaimCheckInvalid as exc:
             rejection = Rejection(
-                event.id, str(exc), event.model_dump_json(by_alias=True), utc_iso(datetime.now(UTC))
+                event.id,
+                short_reason(str(exc)),
+                event.model_dump_json(by_alias=True),
+                utc_iso(datetime.now(UTC)),
             )
             self.store.save_rejections([rejection])
             outcome.rejected.append(rejection)
@@ -456,15 +478,27 @@ class Recorder:
     ) -> None:
         """Claim each threshold `active` (the count after this batch's write) has reached, once per period
         by a conditional write that also checks the stored count, then publish it. An alert claimed by a
-        batch that failed to publish it is published by the next batch of that period."""
-        pending = list(before.unpublished_alerts) if before else []
+        batch that failed to publish it is published by a later batch of that period, once the claiming
+        batch can no longer be running."""
+        now = time.time()
+        pending = [
+            alert
+            for alert in (before.unpublished_alerts if before else ())
+            if now - alert.claimed_at >= self.settings.attempt_timeout_seconds
+        ]
         subscription = subscription_at(history, group.latest_event_time)
         if subscription is not None and subscription.billed:
             reached_at = utc_iso(group.latest_event_time)
             thresholds = self.settings.alert_thresholds
             for percent in crossed_thresholds(thresholds, subscription.allowance, active, alerted):
                 alert = AlertRecord(
-                    group.ref, percent, subscription.allowance, active, subscription.plan, reached_at
+                    group.ref,
+                    percent,
+                    subscription.allowance,
+                    active,
+                    subscription.plan,
+                    reached_at,
+                    int(now),
                 )
                 if self.store.claim_alert(alert, threshold_contacts(subscription.allowance, percent)):
                     pending.append(alert)

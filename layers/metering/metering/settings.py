@@ -41,7 +41,7 @@ class RecorderSettings(_Settings):
     fanout_queue_url: str = Field(alias="FANOUT_QUEUE_URL", min_length=1)
     event_bus_name: str = Field(alias="EVENT_BUS_NAME", min_length=1)
     alert_thresholds: Percentages = Field(alias="ALERT_THRESHOLDS", default=(80, 100))
-    attempt_timeout_seconds: int = Field(alias="ATTEMPT_TIMEOUT_SECONDS", default=900, gt=0)
+    attempt_timeout_seconds: int = Field(alias="ATTEMPT_TIMEOUT_SECONDS", default=900, ge=0)
     claim_check_bucket: str = Field(alias="CLAIM_CHECK_BUCKET", default="")
     usage_alert_topic_arn: str = Field(alias="USAGE_ALERT_TOPIC_ARN", default="")
 

@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import random
 import sys
 import uuid
 from collections import Counter
@@ -19,15 +20,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from threading import Lock
 from types import ModuleType
 from typing import Any
 
 import boto3
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+from botocore.exceptions import ReadTimeoutError
 from pydantic import ValidationError
 
 from metering import aws
 from metering.events import CRM_EVENT, SubscriptionChanged
+from metering.model import StoreUnavailable
 from metering.provisioning import REPO_ROOT, LocalStack, load_template, provision, tear_down, template_default
 from metering.recording import subscription_of
 from metering.rules import Subscription, account_timezone, close_instant, period_of, utc_iso
@@ -42,6 +46,7 @@ FUNCTION_MODULES = {
 FANOUT_BATCH_SIZE = 2
 CLOSE_BATCH_SIZE = 10
 MAX_RECEIVES = 5
+MAX_RECEIVES_WITH_FAULTS = 500
 REGION = "eu-central-1"
 
 
@@ -55,6 +60,79 @@ class SimulationOptions:
     batch_size: int | None = None
     objects_dir: Path | None = None
     claim_check_bucket: str = "crm-claim-checks"
+    fault_rate: float = 0.0
+    fault_seed: int = 0
+
+
+class SimulatedCrash(BaseException):
+    """The function's process dies mid-invocation: nothing it would have returned or caught survives."""
+
+
+class _FailedCall:
+    """The HTTP side of an injected failed call, as botocore reads it."""
+
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+        self.headers: dict[str, str] = {}
+
+
+class FaultInjector:
+    """Makes a share of the functions' DynamoDB and S3 calls fail, through botocore's event hooks on their
+    own clients: throttling and server errors (the call never lands), a time-out after the write took effect
+    (the caller sees a failure, the table has the change), and crashes that kill the invocation."""
+
+    WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"})
+
+    def __init__(self, rate: float, seed: int) -> None:
+        self.rate = rate
+        self.random = random.Random(seed)
+        self.injected: Counter[str] = Counter()
+        self._lock = Lock()
+
+    def attach(self, client: Any) -> None:
+        service = client.meta.service_model.service_id.hyphenize()
+        client.meta.events.register(f"before-call.{service}", self._before_call)
+        client.meta.events.register(f"after-call.{service}", self._after_call)
+
+    def _draw(self) -> float:
+        with self._lock:
+            return self.random.random()
+
+    def _count(self, kind: str) -> None:
+        with self._lock:
+            self.injected[kind] += 1
+
+    def _before_call(
+        self, model: Any, context: dict[str, Any], **_: Any
+    ) -> tuple[_FailedCall, dict[str, Any]] | None:
+        draw = self._draw()
+        if draw >= self.rate:
+            return None
+        share = draw / self.rate
+        if share < 0.1:
+            self._count("crash")
+            raise SimulatedCrash(model.name)
+        if share < 0.45:
+            self._count("throttling")
+            code, status = (
+                ("ThrottlingException", 400)
+                if model.service_model.service_name == "dynamodb"
+                else (
+                    "SlowDown",
+                    503,
+                )
+            )
+            return _FailedCall(status), {"Error": {"Code": code, "Message": "injected"}}
+        if share < 0.8 or model.name not in self.WRITES:
+            self._count("server error")
+            return _FailedCall(500), {"Error": {"Code": "InternalServerError", "Message": "injected"}}
+        context["fail_after_write"] = True
+        return None
+
+    def _after_call(self, model: Any, context: dict[str, Any], **_: Any) -> None:
+        if context.pop("fail_after_write", False):
+            self._count("timeout after write")
+            raise ReadTimeoutError(endpoint_url=f"injected after {model.name}")
 
 
 class _LambdaContext:
@@ -116,9 +194,18 @@ class Simulation:
     schedule: CloseSchedule = field(init=False)
     events: int = 0
     report_store: DynamoStore | None = None
+    faults: FaultInjector | None = None
 
     def __post_init__(self) -> None:
         self.schedule = CloseSchedule(self.grace, os.environ["DEFAULT_TIMEZONE"])
+        if self.options.fault_rate > 0:
+            self.faults = FaultInjector(self.options.fault_rate, self.options.fault_seed)
+
+    @property
+    def max_receives(self) -> int:
+        """SQS's receive limit; with injected faults, what would dead-letter is redriven (as the runbook
+        says), so the replay goes on until every message is processed."""
+        return MAX_RECEIVES if self.faults is None else MAX_RECEIVES_WITH_FAULTS
 
     def load_functions(self) -> None:
         """Import each handler module fresh, as a cold start does, with the stack's environment set."""
@@ -132,6 +219,9 @@ class Simulation:
             spec.loader.exec_module(module)
             self.functions[function_name] = module
         self.requests_before = aws.DYNAMODB_REQUESTS.snapshot()
+        if self.faults is not None:
+            self.faults.attach(aws.dynamodb())
+            self.faults.attach(aws.s3())
         self.report_store = DynamoStore(self.stack.table_name, boto3.client("dynamodb"))
 
     def invoke(self, function_name: str, event: dict[str, Any]) -> Any:
@@ -144,7 +234,7 @@ class Simulation:
             message.receive_count += 1
         try:
             response = self.invoke(function_name, {"Records": [m.as_sqs_record(queue_arn) for m in messages]})
-        except BatchProcessingError:
+        except (BatchProcessingError, SimulatedCrash):
             return list(messages)
         failed = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
         return [message for message in messages if message.message_id in failed]
@@ -154,8 +244,8 @@ class Simulation:
         pending = list(messages)
         while pending:
             failed = self.deliver(function_name, pending, queue_arn)
-            self.dead_letters += [m.message_id for m in failed if m.receive_count >= MAX_RECEIVES]
-            pending = [m for m in failed if m.receive_count < MAX_RECEIVES]
+            self.dead_letters += [m.message_id for m in failed if m.receive_count >= self.max_receives]
+            pending = [m for m in failed if m.receive_count < self.max_receives]
             self.drain_queue("RecordActivity", self.stack.fanout_queue_url, FANOUT_BATCH_SIZE)
 
     def drain_queue(self, function_name: str, queue_url: str, batch_size: int) -> None:
@@ -188,7 +278,12 @@ class Simulation:
 
     def close_as_of(self, instant: datetime) -> None:
         """The hourly schedule firing at `instant`, then the close queue drained into InvoiceAccount."""
-        self.invoke("ClosePeriods", {"scheduledTime": utc_iso(instant).replace(".000000Z", "Z")})
+        for _ in range(self.max_receives):
+            try:
+                self.invoke("ClosePeriods", {"scheduledTime": utc_iso(instant).replace(".000000Z", "Z")})
+                break
+            except (SimulatedCrash, StoreUnavailable):
+                continue
         self.drain_queue("InvoiceAccount", self.stack.close_queue_url, CLOSE_BATCH_SIZE)
 
     def replay(self, envelopes: Iterator[tuple[str, datetime]]) -> None:
@@ -225,6 +320,8 @@ class Simulation:
             "dynamodbItems": {name: items[name] for name, count in sorted(calls.items()) if count},
             "invocations": dict(sorted(self.invocations.items())),
         }
+        if self.faults is not None:
+            report["stats"]["faults"] = dict(sorted(self.faults.injected.items()))
         return report
 
 
@@ -339,11 +436,15 @@ def simulate(
         "DEFAULT_TIMEZONE": options.default_timezone or template_default(template, "DefaultTimezone"),
         "GRACE_HOURS": str(grace_hours),
         "ALERT_THRESHOLDS": template_default(template, "AlertThresholds"),
-        "ATTEMPT_TIMEOUT_SECONDS": "1",
+        # one process, one invocation at a time: no earlier attempt can still be running
+        "ATTEMPT_TIMEOUT_SECONDS": "0",
         "POWERTOOLS_SERVICE_NAME": "metering",
         "POWERTOOLS_METRICS_NAMESPACE": "Metering/simulate",
         "POWERTOOLS_METRICS_DISABLED": "true",
-        "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "ERROR"),
+        # the functions' expected failures under injected faults are not news; real ones are, otherwise
+        "POWERTOOLS_LOG_LEVEL": os.environ.get(
+            "POWERTOOLS_LOG_LEVEL", "CRITICAL" if options.fault_rate else "ERROR"
+        ),
     }
     objects_dir = options.objects_dir or options.events_path.with_suffix(".objects")
     with (
@@ -368,6 +469,13 @@ def simulate(
                 report = run.report()
                 if run.dead_letters:
                     print(f"warning: {len(run.dead_letters)} messages dead-lettered", file=sys.stderr)
+                if run.faults is not None:
+                    injected = ", ".join(
+                        f"{count} {kind}" for kind, count in sorted(run.faults.injected.items())
+                    )
+                    print(
+                        f"faults injected: {sum(run.faults.injected.values())} ({injected})", file=sys.stderr
+                    )
         finally:
             if options.endpoint_url:
                 tear_down(stack)

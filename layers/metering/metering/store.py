@@ -367,6 +367,7 @@ class DynamoStore:
                             "activeContacts": _n(alert.active_contacts),
                             "plan": _s(alert.plan),
                             "reachedAt": _s(alert.reached_at),
+                            "claimedAt": _n(alert.claimed_at),
                         }
                     },
                 },
@@ -771,6 +772,7 @@ def _alert(ref: PeriodRef, percent: int, item: Item) -> AlertRecord:
         active_contacts=_int(item, "activeContacts"),
         plan=_text(item, "plan"),
         reached_at=_text(item, "reachedAt"),
+        claimed_at=_int(item, "claimedAt"),
     )
 
 
