@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from metering.simulate import LambdaContext, cold_start
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVENTS_DIR = Path(__file__).resolve().parent / "events"
@@ -209,32 +208,5 @@ def failed_ids(response: Mapping[str, Any]) -> list[str]:
     return [item["itemIdentifier"] for item in response.get("batchItemFailures", [])]
 
 
-@dataclass
-class FakeLambdaContext:
-    """The attributes of a Lambda context that Powertools reads."""
-
-    function_name: str = "metering-test"
-    memory_limit_in_mb: int = 512
-    function_version: str = "$LATEST"
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    log_group_name: str = "/aws/lambda/metering-test"
-    log_stream_name: str = "test"
-
-    @property
-    def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{self.function_name}"
-
-    @staticmethod
-    def get_remaining_time_in_millis() -> int:
-        return 60_000
-
-
-def load_handler(folder: str) -> ModuleType:
-    """Import `functions/<folder>/app.py` fresh, as a cold start does (it reads its settings at import)."""
-    module_name = f"test_{folder}_{uuid.uuid4().hex[:8]}"
-    spec = importlib.util.spec_from_file_location(module_name, FUNCTIONS_DIR / folder / "app.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+FakeLambdaContext = LambdaContext
+load_handler = cold_start

@@ -135,7 +135,19 @@ class FaultInjector:
             raise ReadTimeoutError(endpoint_url=f"injected after {model.name}")
 
 
-class _LambdaContext:
+def cold_start(folder: str) -> ModuleType:
+    """Import `functions/<folder>/app.py` fresh, as a Lambda cold start does (it reads its settings then)."""
+    spec = importlib.util.spec_from_file_location(
+        f"cold_{folder}_{uuid.uuid4().hex[:8]}", FUNCTIONS_DIR / folder / "app.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class LambdaContext:
     """The attributes of a Lambda context object that Powertools reads."""
 
     def __init__(self, function_name: str) -> None:
@@ -211,13 +223,7 @@ class Simulation:
         """Import each handler module fresh, as a cold start does, with the stack's environment set."""
         aws.reset_clients()
         for function_name, folder in FUNCTION_MODULES.items():
-            module_name = f"simulated_{folder}_{uuid.uuid4().hex[:8]}"
-            spec = importlib.util.spec_from_file_location(module_name, FUNCTIONS_DIR / folder / "app.py")
-            assert spec is not None
-            assert spec.loader is not None
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            self.functions[function_name] = module
+            self.functions[function_name] = cold_start(folder)
         self.requests_before = aws.DYNAMODB_REQUESTS.snapshot()
         if self.faults is not None:
             self.faults.attach(aws.dynamodb())
@@ -226,7 +232,7 @@ class Simulation:
 
     def invoke(self, function_name: str, event: dict[str, Any]) -> Any:
         self.invocations[function_name] += 1
-        return self.functions[function_name].handler(event, _LambdaContext(function_name))
+        return self.functions[function_name].handler(event, LambdaContext(function_name))
 
     def deliver(self, function_name: str, messages: Sequence[_Message], queue_arn: str) -> list[_Message]:
         """Invoke with one SQS batch; returns the messages reported as failed (to be redelivered)."""

@@ -244,21 +244,11 @@ class DynamoStore:
                 "attempt": _s(attempt),
                 "expiresAt": expires_at,
             }
-            try:
-                self._call(
-                    self.client.put_item,
-                    TableName=self._table,
-                    Item=item,
-                    ConditionExpression="attribute_not_exists(pk)",
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-            except ClientError as exc:
-                old = _old_item(exc)
-                if not old:
-                    raise StoreUnavailable("conditional write failed without the existing item") from exc
-                record = _contact(old)
-                return None if record.attempt == attempt else record
-            return None
+            old = self._create(item)
+            if old is None:
+                return None
+            record = _contact(old)
+            return None if record.attempt == attempt else record
 
         inserted: list[Activation] = []
         existing: list[ContactRecord] = []
@@ -391,24 +381,14 @@ class DynamoStore:
 
     def record_late(self, late: LateEvent) -> bool:
         """Keep a late event once per event id; true when this call stored it."""
-        try:
-            self._call(
-                self.client.put_item,
-                TableName=self._table,
-                Item={
-                    **_key(period_pk(late.ref), LATE_PREFIX + late.event_id),
-                    "eventId": _s(late.event_id),
-                    "detailType": _s(late.detail_type),
-                    "occurredAt": _s(late.occurred_at),
-                    "receivedAt": _s(late.received_at),
-                },
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except ClientError as exc:
-            if _error_code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        item = {
+            **_key(period_pk(late.ref), LATE_PREFIX + late.event_id),
+            "eventId": _s(late.event_id),
+            "detailType": _s(late.detail_type),
+            "occurredAt": _s(late.occurred_at),
+            "receivedAt": _s(late.received_at),
+        }
+        return self._create(item) is None
 
     def save_rejections(self, rejections: Sequence[Rejection]) -> None:
         """Store rejected events by id (a redelivery overwrites the same item)."""
@@ -503,20 +483,8 @@ class DynamoStore:
             "currency": _s(lines.currency),
             "issuedAt": _s(invoice.issued_at),
         }
-        try:
-            self._call(
-                self.client.put_item,
-                TableName=self._table,
-                Item=item,
-                ConditionExpression="attribute_not_exists(pk)",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ClientError as exc:
-            old = _old_item(exc)
-            if not old:
-                raise StoreUnavailable("invoice write failed without the stored invoice") from exc
-            return _invoice(invoice.ref, old)
-        return invoice
+        old = self._create(item)
+        return invoice if old is None else _invoice(invoice.ref, old)
 
     def invoice_published(self, ref: PeriodRef) -> bool:
         response = self._call(
@@ -664,6 +632,25 @@ class DynamoStore:
         )
 
     # ---- plumbing ----
+
+    def _create(self, item: Item) -> Item | None:
+        """Put an item only if its key is new; None when it was created, else the item already there."""
+        try:
+            self._call(
+                self.client.put_item,
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            old = _old_item(exc)
+            if old is None:
+                raise StoreUnavailable(
+                    "conditional put failed without returning the item in the way"
+                ) from exc
+            return old
+        return None
 
     def _query(self, **kwargs: Any) -> Iterator[Any]:
         start: dict[str, Any] | None = None
