@@ -14,7 +14,6 @@ from metering.simulate import LambdaContext, cold_start
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVENTS_DIR = Path(__file__).resolve().parent / "events"
-FUNCTIONS_DIR = REPO_ROOT / "functions"
 REGION = "eu-central-1"
 ACCOUNT = "123456789012"
 ACTIVITY_QUEUE_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:metering-test-activity"
