@@ -8,7 +8,7 @@ period taken off the open-periods index. A period stays on the index until its l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -103,11 +103,25 @@ def close_period(request: CloseRequest, store: DynamoStore, settings: InvoiceSet
         else:
             outcome = CloseOutcome.INVOICED
             invoice = store.save_invoice(Invoice(ref, lines, issued_at=utc_iso(request.as_of)))
-            if not store.invoice_published(ref):
-                try:
-                    gateways.publish(settings.event_bus_name, INVOICE_DETAIL_TYPE, [invoice.as_detail()])
-                except StoreUnavailable as exc:
-                    raise InvoicePublishFailed(invoice.invoice_id) from exc
-                store.mark_invoice_published(ref, request.as_of)
+            publish_once(invoice, store, settings)
     store.finish_close(ref, outcome)
     return CloseResult(ref, outcome, summary.active_contacts, invoice)
+
+
+def publish_once(invoice: Invoice, store: DynamoStore, settings: InvoiceSettings) -> None:
+    """Publish a stored invoice under a lease, so two closers of the same period never both publish it;
+    a lease left by a crashed closer expires after the function timeout and the next delivery publishes."""
+    now = datetime.now(UTC)
+    lease = store.claim_invoice_publication(
+        invoice.ref, now, stale_before=now - timedelta(seconds=settings.attempt_timeout_seconds)
+    )
+    if lease == "published":
+        return
+    if lease == "busy":
+        raise StoreUnavailable(f"invoice {invoice.invoice_id} is being published by another run")
+    try:
+        gateways.publish(settings.event_bus_name, INVOICE_DETAIL_TYPE, [invoice.as_detail()])
+    except StoreUnavailable as exc:
+        store.release_invoice_publication(invoice.ref, now)
+        raise InvoicePublishFailed(invoice.invoice_id) from exc
+    store.mark_invoice_published(invoice.ref, now)

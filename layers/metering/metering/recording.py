@@ -405,21 +405,25 @@ class Recorder:
         inserted, conflicts = self.store.insert_contacts(candidates, attempt, period_end)
         stored += conflicts
         applied = dict(summary.recent_attempts) if summary else {}
-        try:
-            recovered = self._repair_orphaned_attempts(
-                group, stored, applied, running=attempt, period_end=period_end
-            )
-            after = None
-            if inserted:
-                now = datetime.now(UTC)
-                forget = [token for token in applied if attempt_age_seconds(token) > self._recent_seconds]
+        after = None
+        if inserted:
+            forget = [token for token in applied if attempt_age_seconds(token) > self._recent_seconds]
+            try:
                 after = self.store.apply_attempt(
-                    ref, attempt, len(inserted), period_end=period_end, applied_at=now, forget=forget
+                    ref,
+                    attempt,
+                    len(inserted),
+                    period_end=period_end,
+                    applied_at=datetime.now(UTC),
+                    forget=forget,
                 )
-        except PeriodClosed:
-            self.store.delete_contacts(ref, [activation.contact_id for activation in inserted], attempt)
-            self._record_late_group(outcome, group, existing)
-            return
+            except PeriodClosed:
+                self.store.delete_contacts(ref, [activation.contact_id for activation in inserted], attempt)
+                self._record_late_group(outcome, group, existing)
+                return
+        recovered = self._repair_orphaned_attempts(
+            outcome, group, stored, applied, running=attempt, period_end=period_end
+        )
         self.known.add_all(ref, [a.contact_id for a in inserted])
         self.known.add_all(
             ref, [r.contact_id for r in stored if r.attempt in applied or self._settled(r.attempt)]
@@ -427,11 +431,9 @@ class Recorder:
         outcome.activations += len(inserted)
         outcome.recovered_contacts += recovered
         outcome.duplicate_touches += group.touches - len(inserted)
-        if after is None:
-            active = (summary.active_contacts if summary else 0) + recovered
-            alerted = summary.alerted_percents if summary else frozenset()
-        else:
-            active, alerted = after.active_contacts, after.alerted_percents
+        latest = after or summary
+        active = (latest.active_contacts if latest else 0) + recovered
+        alerted = latest.alerted_percents if latest else frozenset()
         self._alert(outcome, group, summary, history, active=active, alerted=alerted)
 
     @property
@@ -446,8 +448,9 @@ class Recorder:
 
     def _repair_orphaned_attempts(
         self,
+        outcome: RecordingOutcome,
         group: _Group,
-        stored: Iterable[ContactRecord],
+        stored: Sequence[ContactRecord],
         applied: dict[str, int],
         *,
         running: str,
@@ -462,9 +465,16 @@ class Recorder:
             return 0
         if not all(self._settled(attempt) for attempt in suspects):
             raise StoreUnavailable("an earlier attempt of these events may still be running; retry later")
-        return self.store.repair_count(
-            group.ref, lambda attempt: attempt != running and self._settled(attempt), period_end
-        )
+        try:
+            return self.store.repair_count(
+                group.ref, lambda attempt: attempt != running and self._settled(attempt), period_end
+            )
+        except PeriodClosed:
+            orphaned_events = {r.first_event_id for r in stored if r.attempt in suspects}
+            for event in group.events:
+                if event.id in orphaned_events:
+                    self._record_late(outcome, "", event, group.ref)
+            return 0
 
     def _alert(
         self,

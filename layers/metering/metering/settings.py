@@ -24,6 +24,8 @@ class _Settings(BaseModel):
     table_name: str = Field(alias="TABLE_NAME", min_length=3)
     default_timezone: TimezoneName = Field(alias="DEFAULT_TIMEZONE", default="UTC")
     grace_hours: float = Field(alias="GRACE_HOURS", default=6, ge=0, le=72)
+    attempt_timeout_seconds: int = Field(alias="ATTEMPT_TIMEOUT_SECONDS", default=900, ge=0)
+    """After this long an invocation is certainly over (the function timeout): its work may be taken over."""
 
     @property
     def grace(self) -> timedelta:
@@ -41,7 +43,6 @@ class RecorderSettings(_Settings):
     fanout_queue_url: str = Field(alias="FANOUT_QUEUE_URL", min_length=1)
     event_bus_name: str = Field(alias="EVENT_BUS_NAME", min_length=1)
     alert_thresholds: Percentages = Field(alias="ALERT_THRESHOLDS", default=(80, 100))
-    attempt_timeout_seconds: int = Field(alias="ATTEMPT_TIMEOUT_SECONDS", default=900, ge=0)
     claim_check_bucket: str = Field(alias="CLAIM_CHECK_BUCKET", default="")
     usage_alert_topic_arn: str = Field(alias="USAGE_ALERT_TOPIC_ARN", default="")
 

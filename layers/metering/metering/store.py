@@ -486,22 +486,47 @@ class DynamoStore:
         old = self._create(item)
         return invoice if old is None else _invoice(invoice.ref, old)
 
-    def invoice_published(self, ref: PeriodRef) -> bool:
-        response = self._call(
-            self.client.get_item,
-            TableName=self._table,
-            Key=_key(period_pk(ref), INVOICE_SK),
-            ProjectionExpression="publishedAt",
-            ConsistentRead=True,
-        )
-        return "publishedAt" in response.get("Item", {})
+    def claim_invoice_publication(self, ref: PeriodRef, now: datetime, stale_before: datetime) -> str:
+        """Take the lease to publish an invoice: `claimed` for the one caller that may publish now,
+        `published` when it is done, `busy` while another caller's lease (newer than `stale_before`) holds."""
+        try:
+            self._call(
+                self.client.update_item,
+                TableName=self._table,
+                Key=_key(period_pk(ref), INVOICE_SK),
+                UpdateExpression="SET publishingAt = :now",
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(publishedAt) "
+                "AND (attribute_not_exists(publishingAt) OR publishingAt < :stale)",
+                ExpressionAttributeValues={":now": _s(utc_iso(now)), ":stale": _s(utc_iso(stale_before))},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if _error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            return "published" if "publishedAt" in (_old_item(exc) or {}) else "busy"
+        return "claimed"
+
+    def release_invoice_publication(self, ref: PeriodRef, leased_at: datetime) -> None:
+        """Give the lease back after a failed publication, so the next delivery need not wait it out."""
+        try:
+            self._call(
+                self.client.update_item,
+                TableName=self._table,
+                Key=_key(period_pk(ref), INVOICE_SK),
+                UpdateExpression="REMOVE publishingAt",
+                ConditionExpression="publishingAt = :leasedAt",
+                ExpressionAttributeValues={":leasedAt": _s(utc_iso(leased_at))},
+            )
+        except ClientError as exc:
+            if _error_code(exc) != "ConditionalCheckFailedException":
+                raise
 
     def mark_invoice_published(self, ref: PeriodRef, published_at: datetime) -> None:
         self._call(
             self.client.update_item,
             TableName=self._table,
             Key=_key(period_pk(ref), INVOICE_SK),
-            UpdateExpression="SET publishedAt = if_not_exists(publishedAt, :at)",
+            UpdateExpression="SET publishedAt = if_not_exists(publishedAt, :at) REMOVE publishingAt",
             ExpressionAttributeValues={":at": _s(utc_iso(published_at))},
         )
 
