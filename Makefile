@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+CHECKOV := .venv-checkov/bin/checkov
 export AWS_DEFAULT_REGION ?= eu-central-1
 export SAM_CLI_TELEMETRY := 0
 
@@ -25,12 +26,18 @@ test: setup
 test-fast: setup
 	$(BIN)/pytest -n 2 -m 'not slow'
 
-lint: setup
+# checkov pins boto3 and botocore versions that clash with aws-sam-cli's, so it lives in its own venv
+$(CHECKOV):
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install --quiet checkov==3.3.30
+
+lint: setup $(CHECKOV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy layers/metering/metering functions scripts tests
 	$(BIN)/sam validate --lint
 	$(BIN)/cfn-lint template.yaml
+	$(CHECKOV) --config-file .checkov.yaml -f template.yaml
 
 build: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/sam build

@@ -547,6 +547,7 @@ def generate(
     year: int,
     month_number: int,
     out: Path,
+    *,
     rename_contacts: int = CLAIM_CHECK_CONTACTS,
 ) -> Month:
     month = build_month(events, seed, year, month_number, rename_contacts)
