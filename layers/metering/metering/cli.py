@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--account", required=True)
     explain.add_argument("--period", required=True, help="YYYY-MM")
 
+    usage = commands.add_parser("usage", help="an account's open period: usage, allowance, projected cost")
+    usage.add_argument("--table", required=True, help="the metering table (stack output TableName)")
+    usage.add_argument("--account", required=True)
+    usage.add_argument("--default-timezone", default="UTC", help="the stack's DefaultTimezone")
+
     rejected = commands.add_parser("rejected", help="list or replay rejected events")
     rejected.add_argument("action", choices=("list", "replay"))
     rejected.add_argument("--table", required=True, help="the metering table (stack output TableName)")
@@ -62,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in {"recount", "explain", "rejected"}:
+    if args.command in {"recount", "explain", "rejected", "usage"}:
         return _operate(args)
     if args.command == "simulate":
         from metering.simulate import SimulationOptions, simulate  # noqa: PLC0415 - keeps --help fast
@@ -94,10 +99,21 @@ def main(argv: list[str] | None = None) -> int:
 def _operate(args: argparse.Namespace) -> int:
     """Checks against a real table (credentials and region from the usual AWS environment)."""
     from metering.model import PeriodRef  # noqa: PLC0415 - keeps --help fast
-    from metering.operations import explain, list_rejected, recount, replay_rejected  # noqa: PLC0415
+    from metering.operations import (  # noqa: PLC0415
+        current_usage,
+        explain,
+        list_rejected,
+        recount,
+        replay_rejected,
+    )
     from metering.store import DynamoStore  # noqa: PLC0415
 
     store = DynamoStore(args.table)
+    if args.command == "usage":
+        report = current_usage(store, args.account, datetime.now(UTC), args.default_timezone)
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
     if args.command == "rejected":
         if args.action == "list":
             json.dump(list_rejected(store, args.month), sys.stdout, indent=2)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from metering import gateways
 from metering.model import PeriodRef
+from metering.rules import account_timezone, addon_cost_cents, invoice_lines, period_of, subscription_at
 
 if TYPE_CHECKING:
     from metering.store import DynamoStore
@@ -74,3 +76,31 @@ def replay_rejected(
     gateways.send_messages(queue_url, [body])
     store.delete_rejection(month, event_id)
     return body
+
+
+def current_usage(
+    store: DynamoStore, account_id: str, now: datetime, default_timezone: str
+) -> dict[str, Any]:
+    """An account's open period as support and the customer see it: active contacts, allowance, what the
+    overusage would cost if the month ended now, and what the same contacts would cost as add-ons."""
+    history = store.load_subscriptions([account_id])[account_id]
+    tz = account_timezone(history, now, default_timezone)
+    ref = PeriodRef(account_id, period_of(now, tz))
+    summary = store.summary(ref)
+    active = summary.active_contacts if summary else 0
+    subscription = subscription_at(history, now)
+    usage: dict[str, Any] = {"accountId": account_id, "period": ref.period, "activeContacts": active}
+    if subscription is None or not subscription.billed:
+        return {**usage, "plan": subscription.plan if subscription else None, "billed": False}
+    lines = invoice_lines(subscription, active)
+    return {
+        **usage,
+        "plan": subscription.plan,
+        "billingCycle": subscription.billing_cycle,
+        "billed": True,
+        "allowance": lines.allowance,
+        "overusageContacts": lines.overusage_contacts,
+        "projectedOverusageCents": lines.amount_cents,
+        "sameContactsAsAddonsCents": addon_cost_cents(subscription, lines.overusage_contacts),
+        "currency": lines.currency,
+    }
