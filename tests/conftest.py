@@ -6,15 +6,10 @@ from __future__ import annotations
 
 import os
 
+from tests.aws_env import FAKE_AWS
+
 HERMETIC_ENVIRONMENT = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_SECURITY_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "eu-central-1",
-    "AWS_REGION": "eu-central-1",
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    **FAKE_AWS,
     # the functions' settings (metering.settings); names of the stack's resources are set per test
     "TABLE_NAME": "metering-unit",
     "FANOUT_QUEUE_URL": "https://sqs.eu-central-1.amazonaws.com/123456789012/metering-unit-fanout",

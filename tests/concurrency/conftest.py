@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from metering.provisioning import LocalStack, provision
 
+from tests.aws_env import FAKE_AWS
 from tests.harness import add_capture_queue
 
 HOST = "127.0.0.1"
@@ -29,15 +30,8 @@ POLL_INTERVAL_SECONDS = 0.1
 POLL_TIMEOUT_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 5.0
 
-LOCAL_AWS = {  # fake credentials, the region, no profile files, no proxy for the loopback server
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_SECURITY_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "eu-central-1",
-    "AWS_REGION": "eu-central-1",
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+LOCAL_AWS = {
+    **FAKE_AWS,
     "NO_PROXY": HOST,  # the server is on loopback: botocore must not send its requests to a proxy
     "no_proxy": HOST,
 }
