@@ -17,7 +17,7 @@ from metering.settings import RecorderSettings
 from metering.store import DynamoStore
 
 SETTINGS = RecorderSettings.from_env()
-RECORDER = Recorder(SETTINGS, DynamoStore(SETTINGS.table_name))
+RECORDER = Recorder(SETTINGS, DynamoStore(SETTINGS.table_name, write_concurrency=SETTINGS.write_concurrency))
 PROCESSOR = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 

@@ -45,6 +45,8 @@ class RecorderSettings(_Settings):
     alert_thresholds: Percentages = Field(alias="ALERT_THRESHOLDS", default=(80, 100))
     claim_check_bucket: str = Field(alias="CLAIM_CHECK_BUCKET", default="")
     usage_alert_topic_arn: str = Field(alias="USAGE_ALERT_TOPIC_ARN", default="")
+    write_concurrency: int = Field(alias="WRITE_CONCURRENCY", default=8, ge=1, le=64)
+    """Conditional contact writes in flight at once: network round trips overlap, DynamoDB does the rest."""
 
 
 class CloseSettings(_Settings):

@@ -444,6 +444,8 @@ def simulate(
         "ALERT_THRESHOLDS": template_default(template, "AlertThresholds"),
         # one process, one invocation at a time: no earlier attempt can still be running
         "ATTEMPT_TIMEOUT_SECONDS": "0",
+        # embedded moto answers in this process, behind the GIL: parallel writes only contend there
+        "WRITE_CONCURRENCY": "1" if options.endpoint_url is None else "8",
         "POWERTOOLS_SERVICE_NAME": "metering",
         "POWERTOOLS_METRICS_NAMESPACE": "Metering/simulate",
         "POWERTOOLS_METRICS_DISABLED": "true",

@@ -114,10 +114,12 @@ def _error_code(exc: ClientError) -> str:
 class DynamoStore:
     """Reads and writes of the metering table; domain code sees only the values of `metering.model`."""
 
-    def __init__(self, table_name: str, client: DynamoDBClient | None = None) -> None:
+    def __init__(
+        self, table_name: str, client: DynamoDBClient | None = None, write_concurrency: int = WRITE_THREADS
+    ) -> None:
         self._table = table_name
         self._client = client
-        self._writers = ThreadPoolExecutor(max_workers=WRITE_THREADS, thread_name_prefix="ddb-write")
+        self._writers = ThreadPoolExecutor(max_workers=write_concurrency, thread_name_prefix="ddb-write")
 
     @property
     def client(self) -> DynamoDBClient:
