@@ -438,9 +438,10 @@ class Recorder:
 
     @property
     def _recent_seconds(self) -> float:
-        """How long an applied attempt stays in the summary's idempotency record: well past any retry of
-        the same call and past the function timeout, after which an attempt counts as settled."""
-        return max(300.0, 2.0 * self.settings.attempt_timeout_seconds)
+        """How long an applied attempt stays in the summary's idempotency record: past any retry of the same
+        call, which cannot outlive its invocation. Older attempts are settled; a redelivery that meets one
+        recounts the period, so a shorter record costs reads, never exactness."""
+        return 2.0 * self.settings.attempt_timeout_seconds
 
     def _settled(self, attempt: str) -> bool:
         """An attempt old enough that it is certainly not running any more."""
