@@ -161,20 +161,19 @@ def attempt_age_seconds(token: str) -> float:
 
 def parse_record(record: InboundRecord) -> CrmEvent | Rejection:
     """Parse one SQS body into a typed event, or a rejection that says precisely what is wrong."""
-    received_at = utc_iso(datetime.now(UTC))
     try:
         document = json.loads(record.body, object_pairs_hook=_reject_duplicate_keys)
     except DuplicatedKey as exc:
-        return _rejection(record, _event_id_of(json.loads(record.body)), str(exc), received_at)
+        return _rejection(record, _event_id_of(json.loads(record.body)), str(exc))
     except (ValueError, RecursionError) as exc:
-        return _rejection(record, None, f"body is not a JSON object: {exc}", received_at)
+        return _rejection(record, None, f"body is not a JSON object: {exc}")
     event_id = _event_id_of(document)
     if not isinstance(document, dict):
-        return _rejection(record, event_id, "body is not a JSON object", received_at)
+        return _rejection(record, event_id, "body is not a JSON object")
     try:
         return CRM_EVENT.validate_python(document)
     except ValidationError as exc:
-        return _rejection(record, event_id, describe_validation_error(exc), received_at)
+        return _rejection(record, event_id, describe_validation_error(exc))
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -224,8 +223,9 @@ def _usable_as_key(event_id: str) -> bool:
     return event_id.isprintable() and 0 < size <= MAX_EVENT_ID_LENGTH
 
 
-def _rejection(record: InboundRecord, event_id: str | None, reason: str, received_at: str) -> Rejection:
+def _rejection(record: InboundRecord, event_id: str | None, reason: str) -> Rejection:
     raw = record.body if len(record.body) <= MAX_RAW_BYTES else record.body[:MAX_RAW_BYTES]
+    received_at = utc_iso(datetime.now(UTC))
     return Rejection(event_id or f"sqs:{record.message_id}", short_reason(reason), raw, received_at)
 
 
@@ -421,13 +421,12 @@ class Recorder:
                 self.store.delete_contacts(ref, [activation.contact_id for activation in inserted], attempt)
                 self._record_late_group(outcome, group, existing)
                 return
-        recovered = self._repair_orphaned_attempts(
+        recovered, repaired = self._repair_orphaned_attempts(
             outcome, group, stored, applied, running=attempt, period_end=period_end
         )
         self.known.add_all(ref, [a.contact_id for a in inserted])
-        self.known.add_all(
-            ref, [r.contact_id for r in stored if r.attempt in applied or self._settled(r.attempt)]
-        )
+        counted = [r for r in stored if r.attempt in applied or (repaired and self._settled(r.attempt))]
+        self.known.add_all(ref, [r.contact_id for r in counted])
         outcome.activations += len(inserted)
         outcome.recovered_contacts += recovered
         outcome.duplicate_touches += group.touches - len(inserted)
@@ -456,18 +455,19 @@ class Recorder:
         *,
         running: str,
         period_end: datetime,
-    ) -> int:
+    ) -> tuple[int, bool]:
         """A redelivered event that finds the contact it created stored by an attempt that is not recorded
         as applied may be looking at a crash between the contact write and the count: recount the period
-        (race-free, see `DynamoStore.repair_count`). An attempt still young may be running: retry later."""
+        (race-free, see `DynamoStore.repair_count`). An attempt still young may be running: retry later.
+        Returns the contacts recovered and whether the period was recounted (all settled attempts counted)."""
         event_ids = group.event_ids
         suspects = {r.attempt for r in stored if r.first_event_id in event_ids and r.attempt not in applied}
         if not suspects:
-            return 0
+            return 0, False
         if not all(self._settled(attempt) for attempt in suspects):
             raise StoreUnavailable("an earlier attempt of these events may still be running; retry later")
         try:
-            return self.store.repair_count(
+            recovered = self.store.repair_count(
                 group.ref, lambda attempt: attempt != running and self._settled(attempt), period_end
             )
         except PeriodClosed:
@@ -475,7 +475,8 @@ class Recorder:
             for event in group.events:
                 if event.id in orphaned_events:
                     self._record_late(outcome, "", event, group.ref)
-            return 0
+            return 0, False
+        return recovered, True
 
     def _alert(
         self,
