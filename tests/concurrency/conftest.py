@@ -1,11 +1,11 @@
-"""A real `moto_server` on loopback for the multi-process tests: one server per module, a fresh copy of the
+"""A real moto server process on loopback for the multi-process tests (requests applied one at a time, as
+DynamoDB applies the writes to one item, see `serial_moto_server`): one server per module, a fresh copy of the
 stack's resources (built from `template.yaml` by `provision`) per test, and the environment the functions
 read, pointing at that server."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -50,12 +50,7 @@ FUNCTION_SETTINGS = {
 }
 
 
-def _moto_server_command() -> str:
-    beside_python = Path(sys.executable).with_name("moto_server")
-    found = str(beside_python) if beside_python.exists() else shutil.which("moto_server")
-    if not found:
-        pytest.fail("moto_server is not installed (pip install 'moto[server]')")
-    return found
+SERVER_SCRIPT = Path(__file__).with_name("serial_moto_server.py")
 
 
 def _free_port() -> int:
@@ -91,13 +86,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
-    """`moto_server` on a free loopback port, answering; stopped (terminate, then kill) at the end."""
-    command = _moto_server_command()
+    """The moto server on a free loopback port, answering; stopped (terminate, then kill) at the end."""
     for _ in range(START_ATTEMPTS):
         port = _free_port()
         endpoint = f"http://{HOST}:{port}"
         process = subprocess.Popen(
-            [command, "-H", HOST, "-p", str(port)],
+            [sys.executable, str(SERVER_SCRIPT), HOST, str(port)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -113,7 +107,7 @@ def moto_endpoint() -> Iterator[str]:
                 time.sleep(POLL_INTERVAL_SECONDS)
         finally:
             _stop(process)
-    pytest.fail(f"moto_server did not answer after {START_ATTEMPTS} starts")
+    pytest.fail(f"{SERVER_SCRIPT.name} did not answer after {START_ATTEMPTS} starts (needs moto[server])")
 
 
 @dataclass(frozen=True)

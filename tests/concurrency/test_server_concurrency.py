@@ -1,5 +1,6 @@
 """Exactness under real concurrency: several OS processes, each a cold-started copy of a function, against one
-`moto_server` over HTTP, as Lambda containers run against DynamoDB, SQS and EventBridge.
+moto server over HTTP (see `serial_moto_server`), as Lambda containers run against DynamoDB, SQS and
+EventBridge.
 
 1. Four RecordActivity processes record overlapping contacts of the same accounts at once (every contact
    touched by three of them); then two close runs race each other (each close request may reach both
@@ -221,6 +222,16 @@ def record_worker(job: RecorderJob, environment: dict[str, str], sync: Sync) -> 
         sync.reports.put(report)
 
 
+def delete_received(sqs: Any, queue_url: str, receipt_handle: str) -> None:
+    """Delete a received message as Lambda's event source mapping does. A message received again since (by
+    the other closer) has a new receipt handle: SQS then ignores the old one and moto rejects it; either
+    way the message stays with its latest receiver, who deletes it."""
+    try:
+        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=receipt_handle)
+    except sqs.exceptions.ReceiptHandleIsInvalid:
+        return
+
+
 def close_worker(job: CloserJob, environment: dict[str, str], sync: Sync) -> None:
     report = Report(job.name)
     deadline = time.monotonic() + WORKER_TIME_LIMIT_SECONDS
@@ -266,10 +277,10 @@ def close_worker(job: CloserJob, environment: dict[str, str], sync: Sync) -> Non
             for message in messages:
                 receives = int(message["Attributes"]["ApproximateReceiveCount"])
                 if message["MessageId"] not in failed:
-                    sqs.delete_message(QueueUrl=job.close_queue_url, ReceiptHandle=message["ReceiptHandle"])
+                    delete_received(sqs, job.close_queue_url, message["ReceiptHandle"])
                 elif receives >= MAX_DELIVERIES:
                     report.unresolved.append(message["Body"])
-                    sqs.delete_message(QueueUrl=job.close_queue_url, ReceiptHandle=message["ReceiptHandle"])
+                    delete_received(sqs, job.close_queue_url, message["ReceiptHandle"])
                 elif job.visibility_timeout != 0:  # visible again at once, not after the timeout
                     report.redelivered += 1
                     sqs.change_message_visibility(

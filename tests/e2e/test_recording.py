@@ -324,6 +324,42 @@ def test_a_crash_between_contact_writes_and_the_count_is_completed_by_redelivery
     assert metering.active_contacts("acc-bystander", OCTOBER) == 6
 
 
+def test_a_count_whose_answer_was_lost_stays_counted_when_the_seal_lands_before_its_retry(
+    metering: Metering, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an account with one active contact in October
+    metering.record_events([contact_event("acc-lost", "con-first", "2026-10-02T10:00:00Z")])
+    # And a store whose next count update for acc-lost is applied, its answer lost, the period sealed by the
+    # close job, and only then retried by botocore
+    real_call = DynamoStore._call
+    lost: list[str] = []
+
+    def lose_answer_then_seal(self: DynamoStore, operation: Any, **kwargs: Any) -> Any:
+        if "ADD activeContacts" in kwargs.get("UpdateExpression", "") and not lost:
+            lost.append(kwargs["Key"]["pk"]["S"])
+            real_call(self, operation, **kwargs)
+            sealed = self.seal_period(
+                PeriodRef("acc-lost", OCTOBER),
+                datetime(2026, 11, 1, 7, tzinfo=UTC),
+                datetime(2026, 11, 1, 1, tzinfo=UTC),
+            )
+            assert sealed is not None
+            assert sealed.closed_at is not None
+        return real_call(self, operation, **kwargs)
+
+    monkeypatch.setattr(DynamoStore, "_call", lose_answer_then_seal)
+
+    # When a batch of 12 new contacts of October is recorded
+    batch = contact_events("acc-lost", contact_ids("con", 12), "2026-10-30T10:00:00Z")
+    _, response = metering.record_events(batch)
+
+    # Then the retry recognises its own applied count: the contacts stay counted and none becomes late
+    assert lost == ["acc-lost#2026-10"]
+    assert failed_ids(response) == []
+    assert metering.counts("acc-lost", OCTOBER) == (13, {"con-first", *contact_ids("con", 12)})
+    assert metering.report()["late"] == []
+
+
 def test_contacts_a_stale_read_misses_are_settled_by_the_conditional_write(
     metering: Metering, monkeypatch: pytest.MonkeyPatch
 ) -> None:

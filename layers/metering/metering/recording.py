@@ -66,6 +66,9 @@ USAGE_ALERT_DETAIL_TYPE = "Usage Threshold Reached"
 MAX_RAW_BYTES = 64 * 1024
 MAX_REASON_PROBLEMS = 3
 MAX_REASON_LENGTH = 480
+ATTEMPT_CONTACTS = 100
+"""New contacts per counted attempt: a large group (a fan-out chunk holds 1,000) is counted in steps, so an
+invocation that dies part-way keeps what it counted and leaves at most this many for the repair."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,35 +404,46 @@ class Recorder:
             for contact_id, activation in group.activations.items()
             if (ref, contact_id) not in existing and (ref, contact_id) not in self.known
         ]
-        attempt = new_attempt_token()
-        inserted, conflicts = self.store.insert_contacts(candidates, attempt, period_end)
-        stored += conflicts
         applied = dict(summary.recent_attempts) if summary else {}
+        forget = [token for token in applied if attempt_age_seconds(token) > self._recent_seconds]
         after = None
-        if inserted:
-            forget = [token for token in applied if attempt_age_seconds(token) > self._recent_seconds]
+        activated = 0
+        for start in range(0, len(candidates), ATTEMPT_CONTACTS):
+            attempt = new_attempt_token()
+            inserted, conflicts = self.store.insert_contacts(
+                candidates[start : start + ATTEMPT_CONTACTS], attempt, period_end
+            )
+            stored += conflicts
+            if not inserted:
+                continue
             try:
-                after = self.store.apply_attempt(
-                    ref,
-                    attempt,
-                    len(inserted),
-                    period_end=period_end,
-                    applied_at=datetime.now(UTC),
-                    forget=forget,
+                after = (
+                    self.store.apply_attempt(
+                        ref,
+                        attempt,
+                        len(inserted),
+                        period_end=period_end,
+                        applied_at=datetime.now(UTC),
+                        forget=forget,
+                    )
+                    or after
                 )
             except PeriodClosed:
                 self.store.delete_contacts(ref, [activation.contact_id for activation in inserted], attempt)
                 self._record_late_group(outcome, group, existing)
+                outcome.activations += activated
                 return
+            forget = []
+            self.known.add_all(ref, [a.contact_id for a in inserted])
+            activated += len(inserted)
         recovered, repaired = self._repair_orphaned_attempts(
-            outcome, group, stored, applied, running=attempt, period_end=period_end
+            outcome, group, stored, applied, period_end=period_end
         )
-        self.known.add_all(ref, [a.contact_id for a in inserted])
         counted = [r for r in stored if r.attempt in applied or (repaired and self._settled(r.attempt))]
         self.known.add_all(ref, [r.contact_id for r in counted])
-        outcome.activations += len(inserted)
+        outcome.activations += activated
         outcome.recovered_contacts += recovered
-        outcome.duplicate_touches += group.touches - len(inserted)
+        outcome.duplicate_touches += group.touches - activated
         latest = after or summary
         active = (latest.active_contacts if latest else 0) + recovered
         alerted = latest.alerted_percents if latest else frozenset()
@@ -453,7 +467,6 @@ class Recorder:
         stored: Sequence[ContactRecord],
         applied: dict[str, int],
         *,
-        running: str,
         period_end: datetime,
     ) -> tuple[int, bool]:
         """A redelivered event that finds the contact it created stored by an attempt that is not recorded
@@ -467,9 +480,7 @@ class Recorder:
         if not all(self._settled(attempt) for attempt in suspects):
             raise StoreUnavailable("an earlier attempt of these events may still be running; retry later")
         try:
-            recovered = self.store.repair_count(
-                group.ref, lambda attempt: attempt != running and self._settled(attempt), period_end
-            )
+            recovered = self.store.repair_count(group.ref, self._settled, period_end)
         except PeriodClosed:
             orphaned_events = {r.first_event_id for r in stored if r.attempt in suspects}
             for event in group.events:

@@ -60,6 +60,8 @@ CONTACT_RETENTION = timedelta(days=400)
 BATCH_GET_LIMIT = 100
 BATCH_WRITE_LIMIT = 25
 WRITE_THREADS = 8
+CONTACT_WRITE_ROUNDS = 4
+"""Tries of a contact write within one attempt before the attempt gives up (botocore retries inside each)."""
 
 Item = dict[str, Any]
 T = TypeVar("T")
@@ -233,11 +235,12 @@ class DynamoStore:
         self, activations: Sequence[Activation], attempt: str, expires_after: datetime
     ) -> tuple[list[Activation], list[ContactRecord]]:
         """Conditionally create one item per contact. Returns the activations this attempt stored and the
-        records that already existed. A write that succeeded but whose answer was lost is recognised on retry
-        by its attempt token, so it still counts as ours."""
+        records that already existed. A write that failed is tried again within the attempt (the token makes
+        that safe: a write that succeeded but whose answer was lost comes back carrying it, so it is still
+        ours); StoreUnavailable only if some write keeps failing."""
         expires_at = _epoch(expires_after + CONTACT_RETENTION)
 
-        def put(activation: Activation) -> ContactRecord | None:
+        def put(activation: Activation) -> ContactRecord | StoreUnavailable | None:
             item = {
                 **_key(period_pk(activation.ref), CONTACT_PREFIX + activation.contact_id),
                 "eventId": _s(activation.event_id),
@@ -246,7 +249,10 @@ class DynamoStore:
                 "attempt": _s(attempt),
                 "expiresAt": expires_at,
             }
-            old = self._create(item)
+            try:
+                old = self._create(item)
+            except StoreUnavailable as exc:
+                return exc
             if old is None:
                 return None
             record = _contact(old)
@@ -254,12 +260,21 @@ class DynamoStore:
 
         inserted: list[Activation] = []
         existing: list[ContactRecord] = []
-        for activation, outcome in zip(activations, self._writers.map(put, activations), strict=True):
-            if outcome is None:
-                inserted.append(activation)
-            else:
-                existing.append(outcome)
-        return inserted, existing
+        pending = list(activations)
+        for delay in (0.0, *_backoff(CONTACT_WRITE_ROUNDS - 1)):
+            time.sleep(delay)
+            failures: list[tuple[Activation, StoreUnavailable]] = []
+            for activation, outcome in zip(pending, self._writers.map(put, pending), strict=True):
+                if isinstance(outcome, StoreUnavailable):
+                    failures.append((activation, outcome))
+                elif outcome is None:
+                    inserted.append(activation)
+                else:
+                    existing.append(outcome)
+            if not failures:
+                return inserted, existing
+            pending = [activation for activation, _ in failures]
+        raise failures[0][1]
 
     def apply_attempt(
         self,
@@ -300,10 +315,10 @@ class DynamoStore:
                 if _error_code(exc) != "ConditionalCheckFailedException":
                     raise
                 old = _old_item(exc) or {}
+            if attempt in old.get("recent", {}).get("M", {}):
+                return None  # applied before the seal, whose condition failed this retry
             if "closedAt" in old:
                 raise PeriodClosed(pk)
-            if attempt in old.get("recent", {}).get("M", {}):
-                return None
             try:
                 response = self._call(
                     self.client.update_item,
