@@ -559,16 +559,21 @@ class DynamoStore:
 
     # ---- reports (operators and `simulate`; they read whole partitions or the table) ----
 
-    def scan_items(self) -> Iterator[Item]:
-        """Every item of the table, for reports over small tables (simulate, tests)."""
-        for page in self.client.get_paginator("scan").paginate(TableName=self._table):
+    def scan_items(self, **filters: Any) -> Iterator[Item]:
+        """Every item of the table (or those `filters` keep), for reports over small tables (simulate,
+        tests)."""
+        for page in self.client.get_paginator("scan").paginate(TableName=self._table, **filters):
             yield from page.get("Items", [])
 
     def read_report(self) -> dict[str, Any]:
         """Invoices, usage, alerts, rejected and late events of the whole table in the wire form of SPEC §4,
         each list sorted by account, period, then threshold or event id."""
         invoices, usage, alerts, rejected, late = [], [], [], {}, []
-        for item in self.scan_items():
+        not_contacts = {
+            "FilterExpression": "NOT begins_with(sk, :contact)",
+            "ExpressionAttributeValues": {":contact": _s(CONTACT_PREFIX)},
+        }
+        for item in self.scan_items(**not_contacts):
             pk, sk = _text(item, "pk"), _text(item, "sk")
             if pk.startswith(REJECTED_PREFIX):
                 rejected[_text(item, "eventId")] = {
