@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from metering import gateways
-from metering.events import Id
+from metering.fields import Id
 from metering.model import Invoice, PeriodRef, StoreUnavailable
 from metering.rules import invoice_lines, subscription_at, utc_iso
 

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import (
-    AfterValidator,
-    AwareDatetime,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    TypeAdapter,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, model_validator
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+from metering.fields import BillingCycle, Id, IsoInstant, PlanName, TimezoneName
+
 MAX_INLINE_CONTACT_IDS = 1000
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 MAX_ADDON_CONTACTS = 10_000_000
@@ -29,41 +18,6 @@ FAN_OUT_SUFFIX = "{id}#part{index:04d}"
 MAX_EVENT_ID_LENGTH = MAX_SOURCE_EVENT_ID_LENGTH + len("#part0000")
 EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}(#part[0-9]{4})?$"
 """Envelope ids: the id alphabet (EventBridge uses UUIDs), plus the suffix of a fan-out chunk."""
-
-Id = Annotated[str, StringConstraints(pattern=ID_PATTERN, strict=True)]
-"""Every identifier of the contract: account, contact, status, message, note, funnel."""
-
-PlanName = Literal["start", "grow", "expand", "scale", "legacy"]
-BillingCycle = Literal["monthly", "yearly"]
-
-
-def _known_timezone(name: str) -> str:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown time zone {name!r}") from exc
-    return name
-
-
-def _iso_text(value: object) -> object:
-    if not isinstance(value, str) or not ISO_INSTANT.match(value):
-        raise ValueError("must be an ISO 8601 date and time text with an offset or Z")
-    return value
-
-
-def _within_billing_era(value: datetime) -> datetime:
-    if not EARLIEST_INSTANT <= value < LATEST_INSTANT:
-        raise ValueError(f"must lie between {EARLIEST_INSTANT.year} and {LATEST_INSTANT.year - 1}")
-    return value
-
-
-ISO_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
-EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST_INSTANT = datetime(3000, 1, 1, tzinfo=UTC)
-IsoInstant = Annotated[AwareDatetime, BeforeValidator(_iso_text), AfterValidator(_within_billing_era)]
-"""A point in time as the contract writes it: ISO 8601 text with an offset (numbers are refused)."""
-
-TimezoneName = Annotated[str, StringConstraints(max_length=64, strict=True), AfterValidator(_known_timezone)]
 
 
 class _Detail(BaseModel):

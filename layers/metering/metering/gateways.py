@@ -10,7 +10,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from metering import aws
-from metering.events import ID_PATTERN
+from metering.fields import ID_PATTERN
 from metering.model import ClaimCheckInvalid, StoreUnavailable
 
 PUBLISHED_SOURCE = "metering"

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from math import ceil
 from zoneinfo import ZoneInfo
 
-from metering.events import BillingCycle, PlanName
+from metering.fields import BillingCycle, PlanName
 
 OVERUSAGE_UNIT_CENTS = 25
 CURRENCY = "EUR"

@@ -8,7 +8,7 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from metering.events import TimezoneName
+from metering.fields import TimezoneName
 
 
 def _split_csv(value: object) -> object:
