@@ -228,6 +228,27 @@ def test_an_event_within_grace_counts_before_the_close_and_is_late_after_the_sea
     assert "con-0057" not in metering.contact_items("acc-grace", OCTOBER)
 
 
+def test_an_event_counted_before_the_seal_and_redelivered_after_it_is_not_listed_as_late(
+    metering: Metering,
+) -> None:
+    # Given 55 October contacts on start, and an in-grace event that made a 56th contact active
+    given_usage(metering, "acc-again", "start", 55)
+    counted = contact_event(
+        "acc-again", "con-0056", "2026-10-31T23:30:00Z", delivered_at="2026-11-01T03:00:00Z"
+    )
+    batch, _ = metering.record_events([counted])
+    # And the period is closed
+    metering.close(CLOSE_DUE)
+    # When SQS delivers that event again after the seal, to a container that has not seen it
+    metering.cold_start()
+    response = metering.record(redelivery(batch))
+    # Then it is recognised as counted and billed: nothing is listed as late
+    assert failed_ids(response) == []
+    assert metering.counts("acc-again", OCTOBER) == (56, set(contact_ids("con", 56)))
+    assert invoiced_amounts(metering) == {"acc-again": 150}
+    assert metering.report()["late"] == []
+
+
 def test_an_event_racing_the_seal_is_undone_and_recorded_late(
     metering: Metering, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,7 +16,7 @@ import json
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -395,7 +395,7 @@ class Recorder:
     ) -> None:
         ref = group.ref
         if summary is not None and summary.closed_at is not None:
-            self._record_late_group(outcome, group, existing)
+            self._record_late_group(outcome, group, existing, summary.recent_attempts)
             return
         period_end = period_bounds(ref.period, group.timezone)[1]
         stored = [existing[(ref, c)] for c in group.activations if (ref, c) in existing]
@@ -430,7 +430,7 @@ class Recorder:
                 )
             except PeriodClosed:
                 self.store.delete_contacts(ref, [activation.contact_id for activation in inserted], attempt)
-                self._record_late_group(outcome, group, existing)
+                self._record_late_group(outcome, group, existing, applied)
                 outcome.activations += activated
                 return
             forget = []
@@ -543,15 +543,25 @@ class Recorder:
             outcome.alerts.extend(pending)
 
     def _record_late_group(
-        self, outcome: RecordingOutcome, group: _Group, existing: dict[tuple[PeriodRef, str], ContactRecord]
+        self,
+        outcome: RecordingOutcome,
+        group: _Group,
+        existing: dict[tuple[PeriodRef, str], ContactRecord],
+        applied: Mapping[str, int],
     ) -> None:
         """Store the group's events as late, except those that could not have changed the bill: every
-        contact they touch was already made active by another event."""
+        contact they touch was already made active by another event, or by this event in an attempt the
+        summary records as counted (a redelivery after the seal)."""
         ref = group.ref
         for event in group.events:
             made_no_difference = all(
                 (ref, c) in self.known
-                or ((ref, c) in existing and existing[(ref, c)].first_event_id != event.id)
+                or (
+                    (ref, c) in existing
+                    and (
+                        existing[(ref, c)].first_event_id != event.id or existing[(ref, c)].attempt in applied
+                    )
+                )
                 for c in group.contacts_of(event)
             )
             if not made_no_difference:
