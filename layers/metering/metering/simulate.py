@@ -230,6 +230,11 @@ class Simulation:
             self.faults.attach(aws.s3())
         self.report_store = DynamoStore(self.stack.table_name, boto3.client("dynamodb"))
 
+    def restart(self, function_name: str) -> None:
+        """Lambda replaces the execution environment of an invocation that was killed: the next one is a
+        cold start, with nothing remembered in memory."""
+        self.functions[function_name] = cold_start(FUNCTION_MODULES[function_name])
+
     def invoke(self, function_name: str, event: dict[str, Any]) -> Any:
         self.invocations[function_name] += 1
         return self.functions[function_name].handler(event, LambdaContext(function_name))
@@ -240,7 +245,10 @@ class Simulation:
             message.receive_count += 1
         try:
             response = self.invoke(function_name, {"Records": [m.as_sqs_record(queue_arn) for m in messages]})
-        except (BatchProcessingError, SimulatedCrash):
+        except BatchProcessingError:
+            return list(messages)
+        except SimulatedCrash:
+            self.restart(function_name)
             return list(messages)
         failed = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
         return [message for message in messages if message.message_id in failed]
@@ -288,7 +296,9 @@ class Simulation:
             try:
                 self.invoke("ClosePeriods", {"scheduledTime": utc_iso(instant).replace(".000000Z", "Z")})
                 break
-            except (SimulatedCrash, StoreUnavailable):
+            except SimulatedCrash:
+                self.restart("ClosePeriods")
+            except StoreUnavailable:
                 continue
         self.drain_queue("InvoiceAccount", self.stack.close_queue_url, CLOSE_BATCH_SIZE)
 

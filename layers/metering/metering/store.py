@@ -62,6 +62,8 @@ BATCH_WRITE_LIMIT = 25
 WRITE_THREADS = 8
 CONTACT_WRITE_ROUNDS = 4
 """Tries of a contact write within one attempt before the attempt gives up (botocore retries inside each)."""
+STALLED_RESUBMISSIONS = 6
+"""Resubmissions of a batch request in a row without progress before it gives up."""
 
 Item = dict[str, Any]
 T = TypeVar("T")
@@ -715,43 +717,58 @@ class DynamoStore:
 
     def _batch_get(self, keys: list[dict[str, Any]], projection: str | None) -> Iterator[Item]:
         unique = list({(key["pk"]["S"], key["sk"]["S"]): key for key in keys}.values())
+
+        def get(pending: list[Item]) -> tuple[list[Item], list[Item]]:
+            request = {"Keys": pending, **({"ProjectionExpression": projection} if projection else {})}
+            response: dict[str, Any] = dict(
+                self._call(self.client.batch_get_item, RequestItems={self._table: request})
+            )
+            unprocessed = response.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
+            return response.get("Responses", {}).get(self._table, []), unprocessed
+
         for offset in range(0, len(unique), BATCH_GET_LIMIT):
-            pending: list[dict[str, Any]] = unique[offset : offset + BATCH_GET_LIMIT]
-            for delay in _backoff():
-                response: dict[str, Any] = dict(
-                    self._call(
-                        self.client.batch_get_item,
-                        RequestItems={
-                            self._table: {
-                                "Keys": pending,
-                                **({"ProjectionExpression": projection} if projection else {}),
-                            }
-                        },
-                    )
-                )
-                yield from response.get("Responses", {}).get(self._table, [])
-                pending = response.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
-                if not pending:
-                    break
-                time.sleep(delay)
-            else:
-                raise StoreUnavailable("BatchGetItem left keys unprocessed")
+            for items in _until_processed(get, unique[offset : offset + BATCH_GET_LIMIT], "BatchGetItem"):
+                yield from items
 
     def _batch_write(self, items: Iterable[Item]) -> None:
         unique = list({(item["pk"]["S"], item["sk"]["S"]): item for item in items}.values())
+
+        def write(pending: list[Item]) -> tuple[None, list[Item]]:
+            response: dict[str, Any] = dict(
+                self._call(self.client.batch_write_item, RequestItems={self._table: pending})
+            )
+            return None, response.get("UnprocessedItems", {}).get(self._table, [])
+
         for offset in range(0, len(unique), BATCH_WRITE_LIMIT):
-            pending: list[dict[str, Any]] = [
+            requests = [
                 {"PutRequest": {"Item": item}} for item in unique[offset : offset + BATCH_WRITE_LIMIT]
             ]
-            for delay in _backoff():
-                response = self._call(self.client.batch_write_item, RequestItems={self._table: pending})
-                unprocessed: dict[str, Any] = dict(response.get("UnprocessedItems", {}))
-                pending = unprocessed.get(self._table, [])
-                if not pending:
-                    break
-                time.sleep(delay)
-            else:
-                raise StoreUnavailable("BatchWriteItem left items unprocessed")
+            for _ in _until_processed(write, requests, "BatchWriteItem"):
+                pass
+
+
+def _until_processed[Answer](
+    submit: Callable[[list[Item]], tuple[Answer, list[Item]]], pending: list[Item], operation: str
+) -> Iterator[Answer]:
+    """Submit a batch request until every entry is processed, yielding each answer. Unprocessed entries,
+    and calls that failed beyond botocore's retries, are resubmitted with backoff (batch reads and plain
+    puts are idempotent); it gives up only after `STALLED_RESUBMISSIONS` tries in a row made no progress."""
+    stalled = 0
+    while True:
+        failure: StoreUnavailable | None = None
+        try:
+            answer, left = submit(pending)
+        except StoreUnavailable as exc:
+            failure, left = exc, pending
+        else:
+            yield answer
+            if not left:
+                return
+        stalled = 0 if len(left) < len(pending) else stalled + 1
+        if stalled > STALLED_RESUBMISSIONS:
+            raise failure or StoreUnavailable(f"{operation} left entries unprocessed")
+        time.sleep(min(0.05 * 2**stalled, 2.0))
+        pending = left
 
 
 SUMMARY_BOOKKEEPING = (
