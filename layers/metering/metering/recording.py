@@ -406,48 +406,59 @@ class Recorder:
         ]
         applied = dict(summary.recent_attempts) if summary else {}
         forget = [token for token in applied if attempt_age_seconds(token) > self._recent_seconds]
-        after = None
-        activated = 0
-        for start in range(0, len(candidates), ATTEMPT_CONTACTS):
-            attempt = new_attempt_token()
-            inserted, conflicts = self.store.insert_contacts(
-                candidates[start : start + ATTEMPT_CONTACTS], attempt, period_end
-            )
-            stored += conflicts
-            if not inserted:
-                continue
-            try:
-                after = (
-                    self.store.apply_attempt(
-                        ref,
-                        attempt,
-                        len(inserted),
-                        period_end=period_end,
-                        applied_at=datetime.now(UTC),
-                        forget=forget,
-                    )
-                    or after
-                )
-            except PeriodClosed:
-                self.store.delete_contacts(ref, [activation.contact_id for activation in inserted], attempt)
-                self._record_late_group(outcome, group, existing, applied)
-                outcome.activations += activated
-                return
-            forget = []
-            self.known.add_all(ref, [a.contact_id for a in inserted])
-            activated += len(inserted)
+        activations_before = outcome.activations
+        try:
+            after, conflicts = self._write_and_count(outcome, ref, candidates, period_end, forget)
+        except PeriodClosed:
+            self._record_late_group(outcome, group, existing, applied)
+            return
+        stored += conflicts
         recovered, repaired = self._repair_orphaned_attempts(
             outcome, group, stored, applied, period_end=period_end
         )
         counted = [r for r in stored if r.attempt in applied or (repaired and self._settled(r.attempt))]
         self.known.add_all(ref, [r.contact_id for r in counted])
-        outcome.activations += activated
         outcome.recovered_contacts += recovered
-        outcome.duplicate_touches += group.touches - activated
+        outcome.duplicate_touches += group.touches - (outcome.activations - activations_before)
         latest = after or summary
         active = (latest.active_contacts if latest else 0) + recovered
         alerted = latest.alerted_percents if latest else frozenset()
         self._alert(outcome, group, summary, history, active=active, alerted=alerted)
+
+    def _write_and_count(
+        self,
+        outcome: RecordingOutcome,
+        ref: PeriodRef,
+        candidates: Sequence[Activation],
+        period_end: datetime,
+        forget: Sequence[str],
+    ) -> tuple[PeriodSummary | None, list[ContactRecord]]:
+        """Write the new contacts and count them, `ATTEMPT_CONTACTS` per attempt. Returns the summary after
+        the last count and the records that already existed. Raises PeriodClosed when the period was sealed
+        first, after undoing the writes of the attempt that could not be counted."""
+        after: PeriodSummary | None = None
+        conflicts: list[ContactRecord] = []
+        for start in range(0, len(candidates), ATTEMPT_CONTACTS):
+            attempt = new_attempt_token()
+            inserted, existed = self.store.insert_contacts(
+                candidates[start : start + ATTEMPT_CONTACTS], attempt, period_end
+            )
+            conflicts += existed
+            if not inserted:
+                continue
+            applied_at = datetime.now(UTC)
+            try:
+                counted = self.store.apply_attempt(
+                    ref, attempt, len(inserted), period_end=period_end, applied_at=applied_at, forget=forget
+                )
+            except PeriodClosed:
+                self.store.delete_contacts(ref, [activation.contact_id for activation in inserted], attempt)
+                raise
+            after = counted or after
+            forget = ()
+            self.known.add_all(ref, [activation.contact_id for activation in inserted])
+            outcome.activations += len(inserted)
+        return after, conflicts
 
     @property
     def _recent_seconds(self) -> float:
