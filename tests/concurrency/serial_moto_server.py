@@ -1,10 +1,11 @@
-"""`moto_server` with its requests applied one at a time.
+"""`moto_server` with its DynamoDB requests applied one at a time.
 
 DynamoDB applies the writes to one item one after the other, so of two racing conditional writes exactly
 one passes its condition; the recording design relies on that. moto's own server answers requests on
 threads and checks a condition and writes the item in separate steps, so two racing `attribute_not_exists`
-puts can both succeed there. Holding one lock around each request restores DynamoDB's guarantee while the
-clients, their connections and their processes still race.
+puts can both succeed there. Holding one lock around each DynamoDB request restores DynamoDB's guarantee
+while the clients, their connections and their processes still race; the other services (an SQS long poll
+waits for messages) keep answering in parallel.
 
 Run as a script: `python serial_moto_server.py HOST PORT`.
 """
@@ -20,15 +21,20 @@ from typing import Any
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import run_simple
 
+DYNAMODB_TARGET_PREFIX = "DynamoDB_20120810."
+
 
 class SerializedApplication:
-    """A WSGI application that runs the wrapped one under a lock, response body included."""
+    """A WSGI application that runs the wrapped one under a lock, response body included, for DynamoDB
+    requests (JSON protocol: the target header names the service)."""
 
     def __init__(self, application: Any) -> None:
         self._application = application
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if not environ.get("HTTP_X_AMZ_TARGET", "").startswith(DYNAMODB_TARGET_PREFIX):
+            return self._application(environ, start_response)  # type: ignore[no-any-return]
         with self._lock:
             return list(self._application(environ, start_response))
 
