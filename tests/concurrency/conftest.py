@@ -1,7 +1,7 @@
-"""A real moto server process on loopback for the multi-process tests (requests applied one at a time, as
-DynamoDB applies the writes to one item, see `serial_moto_server`): one server per module, a fresh copy of the
-stack's resources (built from `template.yaml` by `provision`) per test, and the environment the functions
-read, pointing at that server."""
+"""A real moto server process on loopback for the multi-process tests (DynamoDB requests applied one at a
+time, as DynamoDB applies the writes to one item, see `serial_moto_server`): one server per module, a
+fresh copy of the stack's resources (built from `template.yaml` by `provision`) per test, and the
+environment the functions read, pointing at that server."""
 
 from __future__ import annotations
 
