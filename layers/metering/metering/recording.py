@@ -227,9 +227,12 @@ def _usable_as_key(event_id: str) -> bool:
 
 
 def _rejection(record: InboundRecord, event_id: str | None, reason: str) -> Rejection:
-    raw = record.body if len(record.body) <= MAX_RAW_BYTES else record.body[:MAX_RAW_BYTES]
-    received_at = utc_iso(datetime.now(UTC))
-    return Rejection(event_id or f"sqs:{record.message_id}", short_reason(reason), raw, received_at)
+    return rejection_now(event_id or f"sqs:{record.message_id}", reason, record.body)
+
+
+def rejection_now(event_id: str, reason: str, raw: str) -> Rejection:
+    """A rejection received now: the reason bounded, the raw body kept up to `MAX_RAW_BYTES`."""
+    return Rejection(event_id, short_reason(reason), raw[:MAX_RAW_BYTES], utc_iso(datetime.now(UTC)))
 
 
 def short_reason(reason: str) -> str:
@@ -370,12 +373,7 @@ class Recorder:
                 raise ClaimCheckInvalid(f"claim-check bucket {claim.bucket!r} is not the configured one")
             contact_ids = gateways.read_claim_check(claim.bucket, claim.key)
         except ClaimCheckInvalid as exc:
-            rejection = Rejection(
-                event.id,
-                short_reason(str(exc)),
-                event.model_dump_json(by_alias=True),
-                utc_iso(datetime.now(UTC)),
-            )
+            rejection = rejection_now(event.id, str(exc), event.model_dump_json(by_alias=True))
             self.store.save_rejections([rejection])
             outcome.rejected.append(rejection)
             return None

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -66,7 +66,6 @@ STALLED_RESUBMISSIONS = 6
 """Resubmissions of a batch request in a row without progress before it gives up."""
 
 Item = dict[str, Any]
-T = TypeVar("T")
 
 
 def period_pk(ref: PeriodRef) -> str:
@@ -129,7 +128,7 @@ class DynamoStore:
     def client(self) -> DynamoDBClient:
         return self._client or aws.dynamodb()
 
-    def _call(self, operation: Callable[..., T], **kwargs: Any) -> T:
+    def _call[T](self, operation: Callable[..., T], **kwargs: Any) -> T:
         """Run one API call; throttling and server faults that outlive botocore's retries become
         `StoreUnavailable`, so callers retry only the work that depends on it."""
         try:
@@ -767,7 +766,7 @@ def _until_processed[Answer](
         stalled = 0 if len(left) < len(pending) else stalled + 1
         if stalled > STALLED_RESUBMISSIONS:
             raise failure or StoreUnavailable(f"{operation} left entries unprocessed")
-        time.sleep(min(0.05 * 2**stalled, 2.0))
+        time.sleep(_delay(stalled))
         pending = left
 
 
@@ -789,10 +788,15 @@ def _summary_values(ref: PeriodRef, period_end: datetime) -> Item:
     }
 
 
-def _backoff(attempts: int = 6, base: float = 0.05) -> Iterator[float]:
-    """Delays between resubmissions of unprocessed batch entries (exponential, capped)."""
+def _delay(attempt: int) -> float:
+    """Seconds to wait before resubmission number `attempt` (exponential from 50 ms, capped at 2 s)."""
+    return min(0.05 * 2.0**attempt, 2.0)
+
+
+def _backoff(attempts: int = 6) -> Iterator[float]:
+    """Delays between resubmissions of a request that may succeed later."""
     for attempt in range(attempts):
-        yield min(base * 2**attempt, 2.0)
+        yield _delay(attempt)
 
 
 def _summary(ref: PeriodRef, item: Item) -> PeriodSummary:
