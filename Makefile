@@ -34,7 +34,7 @@ $(CHECKOV):
 lint: setup $(CHECKOV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy layers/metering/metering functions scripts tests
+	$(BIN)/mypy layers/metering/metering tools/metering_tools functions scripts tests
 	$(BIN)/sam validate --lint
 	$(BIN)/cfn-lint template.yaml
 	$(CHECKOV) --config-file .checkov.yaml -f template.yaml
