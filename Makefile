@@ -9,16 +9,30 @@ CHECKOV := .venv-checkov/bin/checkov
 export AWS_DEFAULT_REGION ?= eu-central-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup test test-fast lint build demo bench clean
+.PHONY: setup test test-fast lint build demo bench clean lock
 
 setup: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+# The runtime packages come at the versions of the lock, the layer's requirements.txt (docs/dependencies.md): pip
+# fails if a dev tool needs other versions. aws-sam-cli pins boto3 exactly, which would then choose the functions'
+# boto3, so it lives in a venv of its own inside .venv, and .venv/bin/sam points to it.
+LOCK := layers/metering/requirements.txt
+SAM_VENV := $(VENV)/sam-cli
+
+$(INSTALLED): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 13) else f"Python 3.13 is required (Lambda runtime python3.13), found {v[0]}.{v[1]}: install it or set PYTHON=")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --constraint $(LOCK) -e '.[dev]'
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli==1.170.0
+	ln -sfn ../sam-cli/bin/sam $(BIN)/sam
 	touch $(INSTALLED)
+
+# Re-resolves the lock from pyproject.toml, keeping its pins except those named: make lock UPGRADE="pydantic
+# pydantic-core", or UPGRADE=:all: (docs/dependencies.md)
+lock:
+	$(PYTHON) scripts/lock_runtime.py $(if $(UPGRADE),--upgrade $(UPGRADE))
 
 test: setup
 	$(BIN)/pytest -n 2 --durations=10

@@ -20,6 +20,8 @@ HERMETIC_ENVIRONMENT = {
     "GRACE_HOURS": "6",
     "ALERT_THRESHOLDS": "80,100",
     "ATTEMPT_TIMEOUT_SECONDS": "60",
+    # one invocation at a time: no recording can still be writing when a close counts (a test sets 60)
+    "RECORDER_TIMEOUT_SECONDS": "0",
     "USAGE_ALERT_TOPIC_ARN": "",  # optional SNS copy of usage alerts: off unless a test sets it
     "POWERTOOLS_SERVICE_NAME": "metering",
     "POWERTOOLS_METRICS_NAMESPACE": "Metering/test",

@@ -9,8 +9,12 @@ from types import ModuleType
 from typing import Any
 
 import boto3
+from metering.model import AlertRecord, PeriodRef
 from metering.provisioning import LocalStack
-from metering.store import DynamoStore
+from metering.store import MeteringStore
+from metering.store.alerts import Alerts
+from metering.store.keys import ALERTS_SK, CONTACT_PREFIX, INVOICE_SK, REJECTED_PREFIX
+from metering_tools.reports import read_report
 
 from tests.helpers import ACCOUNT, REGION, FakeLambdaContext, failed_ids, load_handler, sqs_event, sqs_record
 
@@ -41,11 +45,13 @@ class Metering:
     handlers: Handlers
     capture_queue_url: str
     published: list[dict[str, Any]] = field(default_factory=list)
+    invisible_close_requests: list[str] = field(default_factory=list)
+    """Receipt handles of close requests received and not deleted (failed, or lost by a killed run)."""
 
     @property
-    def store(self) -> DynamoStore:
+    def store(self) -> MeteringStore:
         """A store on the test's own client, for reading what the functions wrote."""
-        return DynamoStore(self.stack.table_name, boto3.client("dynamodb"))
+        return MeteringStore(self.stack.table_name, boto3.client("dynamodb"))
 
     def cold_start(self) -> None:
         """A new container for every function: empty in-memory caches, settings read again."""
@@ -90,19 +96,34 @@ class Metering:
         those, like the lost ones, stay on the queue (invisible) as SQS leaves them."""
         failures: list[str] = []
         handled = 0
-        while messages := self._receive(self.stack.close_queue_url, CLOSE_BATCH_SIZE):
+        while received := self._receive(self.stack.close_queue_url, CLOSE_BATCH_SIZE):
+            messages = received
             if limit is not None:
-                messages, handled = messages[: max(0, limit - handled)], handled + len(messages)
-                if not messages:
-                    continue
+                messages, handled = received[: max(0, limit - handled)], handled + len(received)
+            self.invisible_close_requests += [m["ReceiptHandle"] for m in received[len(messages) :]]
+            if not messages:
+                continue
             batch = {"Records": [self._record_of(message, "close") for message in messages]}
             response: dict[str, Any] = self.handlers.invoice_account.handler(
                 batch, FakeLambdaContext("invoice-account")
             )
             failed = failed_ids(response)
             failures += failed
+            self.invisible_close_requests += [
+                m["ReceiptHandle"] for m in messages if m["MessageId"] in failed
+            ]
             self._delete(self.stack.close_queue_url, [m for m in messages if m["MessageId"] not in failed])
         return failures
+
+    def close_requests_reappear(self) -> None:
+        """The visibility timeout of every close request received but not deleted passes: SQS delivers
+        them again."""
+        sqs = boto3.client("sqs")
+        for receipt_handle in self.invisible_close_requests:
+            sqs.change_message_visibility(
+                QueueUrl=self.stack.close_queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=0
+            )
+        self.invisible_close_requests = []
 
     def invoice_requests(self, requests: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         """Invoke InvoiceAccount directly with close requests (as an operator or a stray message would)."""
@@ -120,31 +141,38 @@ class Metering:
     # ---- reading the outcome ----
 
     def active_contacts(self, account_id: str, period: str) -> int:
-        """The period's count as the summary item holds it (0 when there is none)."""
-        item = self._get(f"{account_id}#{period}", "summary")
-        return int(item["activeContacts"]["N"]) if item and "activeContacts" in item else 0
+        """The period's count, as the close counts it: its contact items (0 when there are none)."""
+        return len(self.contact_items(account_id, period))
 
     def counts(self, account_id: str, period: str) -> tuple[int, set[str]]:
-        """(the summary's active contacts, the ids of the stored contact items): equal sizes when exact."""
-        return self.active_contacts(account_id, period), self.contact_items(account_id, period)
-
-    def summary(self, account_id: str, period: str) -> dict[str, Any] | None:
-        return self._get(f"{account_id}#{period}", "summary")
+        """(the period's count as the functions count it, the ids of its contact items)."""
+        return self.store.contacts.count(PeriodRef(account_id, period), consistent=True), self.contact_items(
+            account_id, period
+        )
 
     def contact_items(self, account_id: str, period: str) -> set[str]:
-        """The ids of the contact items stored for a period (what `metering recount` counts)."""
+        """The ids of the contact items stored for a period (the tally item is not a contact)."""
         return {
-            item["sk"]["S"].removeprefix("contact#")
-            for item in self._query(f"{account_id}#{period}", "contact#")
+            item["sk"]["S"].removeprefix(CONTACT_PREFIX)
+            for item in self._query(f"{account_id}#{period}", CONTACT_PREFIX)
+            if item["sk"]["S"] != CONTACT_PREFIX
         }
+
+    def alert_claims(self, account_id: str, period: str) -> dict[int, AlertRecord]:
+        """The usage alerts claimed for a period, by threshold percent."""
+        item = self._get(f"{account_id}#{period}", ALERTS_SK)
+        return Alerts.decode(item)[1] if item else {}
 
     def invoice_items(self) -> list[dict[str, Any]]:
         """Every invoice item of the table."""
-        return [item for item in self.store.scan_items() if item["sk"]["S"] == "invoice"]
+        return [item for item in self.scan_items() if item["sk"]["S"] == INVOICE_SK]
 
     def report(self) -> dict[str, list[dict[str, Any]]]:
         """Invoices, usage, alerts, rejected and late in the wire form of SPEC §4."""
-        return self.store.read_report()
+        environment = self.handlers.invoice_account.SETTINGS
+        return read_report(
+            boto3.client("dynamodb"), self.stack.table_name, environment.default_timezone, environment.grace
+        )
 
     def rejections(self) -> dict[str, dict[str, str]]:
         """Stored rejected events by event id: reason, raw body, month partition."""
@@ -154,8 +182,8 @@ class Metering:
                 "raw": item["raw"]["S"],
                 "pk": item["pk"]["S"],
             }
-            for item in self.store.scan_items()
-            if item["pk"]["S"].startswith("#rejected#")
+            for item in self.scan_items()
+            if item["pk"]["S"].startswith(REJECTED_PREFIX)
         }
 
     def events_published(self, detail_type: str) -> list[dict[str, Any]]:
@@ -166,6 +194,13 @@ class Metering:
         return [event["detail"] for event in self.published if event["detail-type"] == detail_type]
 
     # ---- plumbing ----
+
+    def scan_items(self) -> list[dict[str, Any]]:
+        """Every item of the table (small test tables only)."""
+        paginator = boto3.client("dynamodb").get_paginator("scan")
+        return [
+            item for page in paginator.paginate(TableName=self.stack.table_name) for item in page["Items"]
+        ]
 
     def _get(self, pk: str, sk: str) -> dict[str, Any] | None:
         item: dict[str, Any] | None = (

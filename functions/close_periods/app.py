@@ -1,24 +1,41 @@
-"""ClosePeriods: hourly, queue a close request for every period whose end plus grace has passed."""
+"""ClosePeriods: hourly, seal every period whose close instant has passed and hand each billed account to
+InvoiceAccount; a run that nears its deadline saves its place and invokes itself to go on."""
 
+import json
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from metering.closing import ScheduledRun, schedule_due_closes
-from metering.observability import MetricUnit, dynamodb_request_metrics, logger, metrics
+from metering import gateways
+from metering.closing import ScheduledRun, run_close
+from metering.observability import MetricUnit, dynamodb_request_metrics, logger, metrics, surfaced_faults
 from metering.settings import CloseSettings
-from metering.store import DynamoStore
+from metering.store import MeteringStore
 
 SETTINGS = CloseSettings.from_env()
-STORE = DynamoStore(SETTINGS.table_name)
+STORE = MeteringStore(SETTINGS.table_name)
 
 
 @logger.inject_lambda_context
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     run = ScheduledRun.model_validate(event)
-    with dynamodb_request_metrics():
-        requests = schedule_due_closes(run, STORE, SETTINGS)
-    metrics.add_metric(name="ClosesScheduled", unit=MetricUnit.Count, value=len(requests))
-    metrics.add_metric(name="CloseRunsCompleted", unit=MetricUnit.Count, value=1)
-    logger.info("close run", extra={"asOf": run.scheduled_time.isoformat(), "periods": len(requests)})
-    return {"scheduledTime": run.scheduled_time.isoformat(), "periodsQueued": len(requests)}
+    with dynamodb_request_metrics(), surfaced_faults():
+        result = run_close(run, STORE, SETTINGS, lambda: context.get_remaining_time_in_millis() / 1000)
+        if result.handed_over:
+            gateways.invoke_async(context.invoked_function_arn, json.dumps(event))
+    metrics.add_metric(name="ClosesScheduled", unit=MetricUnit.Count, value=result.requests_sent)
+    metrics.add_metric(name="CloseRunsCompleted", unit=MetricUnit.Count, value=0 if result.handed_over else 1)
+    logger.info(
+        "close run",
+        extra={
+            "asOf": run.scheduled_time.isoformat(),
+            "sealed": result.sealed,
+            "requests": result.requests_sent,
+            "handedOver": result.handed_over,
+        },
+    )
+    return {
+        "scheduledTime": run.scheduled_time.isoformat(),
+        "requestsSent": result.requests_sent,
+        "handedOver": result.handed_over,
+    }

@@ -1,35 +1,52 @@
-"""InvoiceAccount: close one account's period per close request: seal, invoice once, publish."""
+"""InvoiceAccount: close one account's sealed period per close request: count it, invoice once, publish."""
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from metering.closing import CloseRequest, InvoicePublishFailed, close_period
-from metering.observability import MetricUnit, emit_close_metrics, logger, metrics
+from metering.closing import CloseRequest, InvoicePublishFailed, close_account
+from metering.model import StoreUnavailable
+from metering.observability import (
+    MetricUnit,
+    batch_item_failures,
+    dynamodb_request_metrics,
+    emit_close_metrics,
+    logger,
+    metrics,
+    surfaced_faults,
+)
 from metering.settings import InvoiceSettings
-from metering.store import DynamoStore
+from metering.store import MeteringStore
+from pydantic import ValidationError
 
 SETTINGS = InvoiceSettings.from_env()
-STORE = DynamoStore(SETTINGS.table_name)
-PROCESSOR = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+STORE = MeteringStore(SETTINGS.table_name)
 
 
-def close_one(record: SQSRecord) -> None:
-    request = CloseRequest.model_validate_json(record.body)
+def close_one(record: dict[str, Any]) -> bool:
+    """Close the record's period; False when it must be retried (a transient failure, logged) or cannot be
+    read (it goes on to the close DLQ)."""
     try:
-        result = close_period(request, STORE, SETTINGS)
-    except Exception as exc:
+        request = CloseRequest.model_validate_json(record["body"])
+    except ValidationError as exc:
+        logger.error("close request unreadable", extra={"messageId": record["messageId"], "error": str(exc)})
+        return False
+    try:
+        result = close_account(request, STORE, SETTINGS)
+    except StoreUnavailable as exc:
         if isinstance(exc, InvoicePublishFailed):
             metrics.add_metric(name="InvoicePublishFailures", unit=MetricUnit.Count, value=1)
-        logger.exception("close failed", extra={"accountId": request.account_id, "period": request.period})
-        raise
+        logger.warning(
+            "close retried",
+            extra={"accountId": request.account_id, "period": request.period, "reason": str(exc)},
+        )
+        return False
     emit_close_metrics(result)
+    return True
 
 
 @logger.inject_lambda_context
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return dict(
-        process_partial_response(event, record_handler=close_one, processor=PROCESSOR, context=context)
-    )
+    with dynamodb_request_metrics(), surfaced_faults():
+        failed = [record["messageId"] for record in event["Records"] if not close_one(record)]
+    return batch_item_failures(failed)

@@ -1,33 +1,42 @@
 """RecordActivity: SQS batches of CRM events (from the bus or the fan-out queue) -> active contacts."""
 
-from functools import partial
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from metering.intake import InboundRecord
 from metering.observability import (
+    batch_item_failures,
     dynamodb_request_metrics,
     emit_recording_metrics,
-    fail_unfinished,
     logger,
     metrics,
+    surfaced_faults,
 )
-from metering.recording import InboundRecord, Recorder
+from metering.recording import Recorder
 from metering.settings import RecorderSettings
-from metering.store import DynamoStore
+from metering.store import MeteringStore
 
 SETTINGS = RecorderSettings.from_env()
-RECORDER = Recorder(SETTINGS, DynamoStore(SETTINGS.table_name, write_concurrency=SETTINGS.write_concurrency))
-PROCESSOR = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+RECORDER = Recorder(
+    SETTINGS, MeteringStore(SETTINGS.table_name, write_concurrency=SETTINGS.write_concurrency)
+)
+FAN_OUT_QUEUE_SUFFIX = ":" + SETTINGS.fanout_queue_url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def inbound(record: dict[str, Any]) -> InboundRecord:
+    return InboundRecord(
+        message_id=record["messageId"],
+        body=record["body"],
+        from_fan_out=str(record.get("eventSourceARN", "")).endswith(FAN_OUT_QUEUE_SUFFIX),
+        attempt=int(record.get("attributes", {}).get("ApproximateReceiveCount", 1)),
+    )
 
 
 @logger.inject_lambda_context
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    with dynamodb_request_metrics():
-        outcome = RECORDER.record([InboundRecord(r["messageId"], r["body"]) for r in event["Records"]])
+    records = [inbound(record) for record in event["Records"]]
+    with dynamodb_request_metrics(), surfaced_faults():
+        outcome = RECORDER.record(records)
     emit_recording_metrics(outcome)
-    unfinished = partial(fail_unfinished, outcome.failed_message_ids)
-    return dict(
-        process_partial_response(event, record_handler=unfinished, processor=PROCESSOR, context=context)
-    )
+    return batch_item_failures(r.message_id for r in records if r.message_id in outcome.failed_message_ids)

@@ -38,6 +38,9 @@ LOCAL_AWS = {
 FUNCTION_SETTINGS = {
     "ALERT_THRESHOLDS": "80,100",
     "ATTEMPT_TIMEOUT_SECONDS": "60",
+    # RecordActivity's timeout as the close functions see it: a close counts a period only this long (plus a
+    # margin) after its seal. The recorders here finish each batch within seconds.
+    "RECORDER_TIMEOUT_SECONDS": "10",
     "DEFAULT_TIMEZONE": "UTC",
     "GRACE_HOURS": "6",
     "USAGE_ALERT_TOPIC_ARN": "",

@@ -17,11 +17,11 @@ from typing import Any
 
 import boto3
 import pytest
-from metering import gateways, recording
+from metering import gateways
 from metering.model import StoreUnavailable
 from metering.observability import metrics
 from metering.provisioning import LocalStack
-from metering.store import DynamoStore
+from metering.store.alerts import Alerts
 from moto.core.botocore_stubber import BotocoreStubber
 
 from tests.harness import Metering
@@ -154,13 +154,13 @@ def test_alerts_stay_single_when_batches_are_redelivered_to_cold_containers_in_a
     assert metering.counts("acc-cold", OCTOBER) == (60, set(contact_ids("con", 60)))
     # And exactly one alert per threshold was published, with the count that first reached it
     assert alert_rows(metering.events_published(USAGE_ALERT)) == [
-        ("acc-cold", OCTOBER, 80, 45, 50, "start"),
-        ("acc-cold", OCTOBER, 100, 55, 50, "start"),
+        ("acc-cold", OCTOBER, 80, 40, 50, "start"),
+        ("acc-cold", OCTOBER, 100, 50, 50, "start"),
     ]
     # And both claims are stored as published, so no later batch publishes them again
-    alerts = (metering.summary("acc-cold", OCTOBER) or {})["alerts"]["M"]
-    assert sorted(alerts) == ["100", "80"]
-    assert all("publishedAt" in alert["M"] for alert in alerts.values())
+    alerts = metering.alert_claims("acc-cold", OCTOBER)
+    assert sorted(alerts) == [80, 100]
+    assert all(alert.published for alert in alerts.values())
 
 
 def test_a_new_period_gets_its_own_alerts(metering: Metering) -> None:
@@ -228,7 +228,7 @@ def test_two_containers_racing_on_one_account_raise_each_alert_once_and_count_ex
 
 @pytest.mark.usefixtures("atomic_requests")
 def test_the_same_batch_delivered_to_two_containers_at_once_alerts_once_after_the_retries(
-    metering: Metering, monkeypatch: pytest.MonkeyPatch
+    metering: Metering,
 ) -> None:
     # Given an account on start (allowance 50) with 35 active contacts
     metering.record_events([subscription_changed("acc-twin", "start", "2026-09-01T00:00:00Z")])
@@ -237,8 +237,7 @@ def test_the_same_batch_delivered_to_two_containers_at_once_alerts_once_after_th
     batch = sqs_event(contact_events("acc-twin", contact_ids("con", 20, 36), "2026-10-05T09:00:00Z"))
     left, right = load_handler("record_activity"), load_handler("record_activity")
     responses = race(lambda: invoke(left, batch), lambda: invoke(right, redelivery(batch)))
-    # And redelivers whatever either reported failed once the other attempt is over (its timeout passed)
-    monkeypatch.setattr(recording, "attempt_age_seconds", lambda token: 3600.0)
+    # And redelivers whatever either reported failed
     retried = {message_id for response in responses for message_id in failed_ids(response)}
     if retried:
         assert failed_ids(invoke(left, redelivery(batch, retried))) == []
@@ -258,19 +257,19 @@ def test_an_alert_being_published_by_one_container_is_not_published_again_by_ano
     first, second = load_handler("record_activity"), load_handler("record_activity")
     # And the second container gets a batch of the same account (one more touch of a known contact) just
     # while the first one has claimed the 80 % alert and put it on the bus, but not yet marked it published
-    real_mark = DynamoStore.mark_alerts_published
+    real_mark = Alerts.mark_published
     touch = sqs_event(
         [contact_event("acc-inflight", "con-0001", "2026-10-05T10:00:00Z", detail_type="Note Added")]
     )
     interleaved: list[dict[str, Any]] = []
 
-    def second_batch_runs_now(self: DynamoStore, ref: Any, percents: Sequence[int]) -> None:
+    def second_batch_runs_now(self: Alerts, ref: Any, percents: Sequence[int]) -> None:
         if not interleaved:
             interleaved.append({})  # only the first container's mark is interleaved
             interleaved[0] = invoke(second, touch)
         real_mark(self, ref, percents)
 
-    monkeypatch.setattr(DynamoStore, "mark_alerts_published", second_batch_runs_now)
+    monkeypatch.setattr(Alerts, "mark_published", second_batch_runs_now)
     # When the first container records the 40th contact
     response = invoke(first, sqs_event([contact_event("acc-inflight", "con-0040", "2026-10-05T09:00:00Z")]))
     # Then both succeed, and the 80 % alert was published once (customers read the e-mail copy as is)
@@ -311,9 +310,9 @@ def test_an_alert_whose_publication_failed_is_published_once_after_its_claimer_i
     # (the claim is aged in the table rather than the clock moved)
     boto3.client("dynamodb").update_item(
         TableName=metering.stack.table_name,
-        Key={"pk": {"S": f"acc-unpublished#{OCTOBER}"}, "sk": {"S": "summary"}},
-        UpdateExpression="SET alerts.#p.claimedAt = :long_ago",
-        ExpressionAttributeNames={"#p": "80"},
+        Key={"pk": {"S": f"acc-unpublished#{OCTOBER}"}, "sk": {"S": "alerts"}},
+        UpdateExpression="SET #alert.claimedAt = :long_ago",
+        ExpressionAttributeNames={"#alert": "alert80"},
         ExpressionAttributeValues={":long_ago": {"N": str(int(time.time()) - 3600)}},
     )
     retried = metering.record(redelivery(batch))
@@ -361,7 +360,7 @@ def test_no_alerts_for_legacy_plans_or_periods_without_a_subscription_in_effect(
     assert metering.active_contacts("acc-from-november", OCTOBER) == 120
     # And the only alert is the 80 % of September, while acc-to-legacy was still on start
     assert alert_rows(metering.events_published(USAGE_ALERT)) == [
-        ("acc-to-legacy", "2026-09", 80, 45, 50, "start")
+        ("acc-to-legacy", "2026-09", 80, 40, 50, "start")
     ]
     assert [(a["accountId"], a["period"]) for a in metering.report()["alerts"]] == [
         ("acc-to-legacy", "2026-09")
@@ -389,9 +388,9 @@ def test_the_100_percent_alert_uses_the_allowance_including_addons_bought_before
     metering.record_events(contact_events("acc-addon", contact_ids("con", 20, 61), "2026-10-12T09:00:00Z"))
 
     # Then 100 % fired only at 80 contacts, carrying allowance 50 + 30
-    assert alert_rows(no_alert_yet) == [("acc-addon", OCTOBER, 80, 45, 50, "start")]
+    assert alert_rows(no_alert_yet) == [("acc-addon", OCTOBER, 80, 40, 50, "start")]
     assert alert_rows(metering.events_published(USAGE_ALERT)) == [
-        ("acc-addon", OCTOBER, 80, 45, 50, "start"),
+        ("acc-addon", OCTOBER, 80, 40, 50, "start"),
         ("acc-addon", OCTOBER, 100, 80, 80, "start"),
     ]
     assert metering.report()["alerts"] == [
@@ -413,7 +412,7 @@ def test_addons_in_the_same_batch_as_the_contacts_count_for_the_alert(metering: 
     # Then only 80 % of 300 (240) is reached, not 100 % of the old 250
     assert failed_ids(response) == []
     assert alert_rows(metering.events_published(USAGE_ALERT)) == [
-        ("acc-addon-batch", OCTOBER, 80, 250, 300, "grow")
+        ("acc-addon-batch", OCTOBER, 80, 240, 300, "grow")
     ]
 
 
@@ -459,7 +458,7 @@ def test_the_published_event_and_its_sns_copy(
         "allowance": 600,
         "plan": "expand",
     }
-    assert detail["reachedAt"] == "2026-10-07T12:00:05.000000Z"  # the bus time of the batch's newest event
+    assert detail["reachedAt"] == "2026-10-07T12:00:00.000000Z"  # when the 480th contact's event occurred
     # And one readable message went to the topic, with attributes a subscription can filter on
     messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
     assert len(messages) == 1
@@ -527,7 +526,8 @@ def test_an_invocation_emits_its_counts_as_emf_with_only_the_service_dimension(
     assert failed_ids(response) == []
     [document] = emf_documents(capsys.readouterr().out)
     totals = metric_totals(document)
-    # And it counts 42 events, 40 activations, 2 duplicate touches, the 80 % alert and one PutItem per contact
+    # And it counts 42 events, 40 activations, 2 duplicate touches, the 80 % alert, and one PutItem per
+    # contact plus the period's close state, created with its first contact
     assert {
         name: totals.get(name)
         for name in (
@@ -542,7 +542,7 @@ def test_an_invocation_emits_its_counts_as_emf_with_only_the_service_dimension(
         "Activations": 40,
         "DuplicateTouches": 2,
         "UsageAlerts": 1,
-        "DynamoDBCalls_PutItem": 40,
+        "DynamoDBCalls_PutItem": 41,
     }
     assert totals["Events_ContactCreated"] == 40
     assert totals["Events_NoteAdded"] == 2

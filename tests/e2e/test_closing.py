@@ -3,14 +3,14 @@ and the subscription that decides the bill."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 import pytest
 from metering import gateways
-from metering.model import PeriodRef, PeriodSummary, StoreUnavailable
-from metering.store import DynamoStore
+from metering.model import StoreUnavailable
 
 from tests.harness import Metering
 from tests.helpers import (
@@ -51,16 +51,19 @@ def test_closing_twice_stores_and_publishes_one_invoice(metering: Metering) -> N
     given_usage(metering, "acc-within", "start", 50)
     given_usage(metering, "acc-legacy", "legacy", 60)
 
-    # When the scheduled close runs twice before the queue is drained (two requests per period),
-    # then the whole close runs again an hour later
+    # When the scheduled close runs twice before the queue is drained, then the whole close runs again an
+    # hour later, and InvoiceAccount gets a request sent twice (a redelivery)
     first = metering.schedule_closes(CLOSE_DUE)
-    metering.schedule_closes(CLOSE_DUE)
+    second = metering.schedule_closes(CLOSE_DUE)
     failures = metering.invoice_queued()
     metering.close("2026-11-01T07:00:00Z")
+    again = metering.invoice_requests([{"accountId": "acc-over", "period": OCTOBER, "asOf": CLOSE_DUE}])
 
-    # Then only the account over its allowance has an invoice, stored once and published once
-    assert first["periodsQueued"] == 3
+    # Then the close requested one close per billed account (not the legacy one), once
+    assert (first["requestsSent"], second["requestsSent"]) == (2, 0)
     assert failures == []
+    assert failed_ids(again) == []
+    # And only the account over its allowance has an invoice, stored once and published once
     assert len(metering.invoice_items()) == 1
     published = metering.events_published(INVOICE)
     assert published == [
@@ -81,8 +84,8 @@ def test_closing_twice_stores_and_publishes_one_invoice(metering: Metering) -> N
             "issuedAt": "2026-11-01T06:00:00.000000Z",
         }
     ]
-    # And every period is closed and off the schedule: a later run queues nothing
-    assert metering.schedule_closes("2026-11-01T08:00:00Z")["periodsQueued"] == 0
+    # And every period is closed: a later run queues nothing
+    assert metering.schedule_closes("2026-11-01T08:00:00Z")["requestsSent"] == 0
     assert {row["accountId"]: row["closed"] for row in metering.report()["usage"]} == {
         "acc-legacy": True,
         "acc-over": True,
@@ -98,14 +101,18 @@ def test_a_close_killed_after_some_invoices_is_finished_by_the_next_run_with_eac
     for account_id, active in accounts.items():
         given_usage(metering, account_id, "start", active)
 
-    # When the close run is killed after InvoiceAccount handled two of the five close requests
+    # When the close run is killed after InvoiceAccount handled two of the five close requests (the other
+    # three were received, so they stay invisible until their visibility timeout passes)
     metering.schedule_closes(CLOSE_DUE)
     metering.invoice_queued(limit=2)
     # Then two invoices exist so far
     assert len(metering.invoice_items()) == 2
 
-    # When the next hourly run closes everything still open
+    # When the next hourly run finds nothing new to hand over, and the lost requests' visibility timeout
+    # passes
     assert metering.close("2026-11-01T07:00:00Z") == []
+    metering.close_requests_reappear()
+    assert metering.invoice_queued() == []
     # Then every account over its allowance has exactly one invoice, stored and published once
     assert invoiced_amounts(metering) == {
         account_id: (active - 50) * 25 for account_id, active in accounts.items()
@@ -141,7 +148,9 @@ def test_a_close_whose_publication_fails_for_one_account_publishes_it_once_on_th
     assert published_per_account(metering) == Counter({"acc-a": 1, "acc-c": 1})
     assert len(metering.invoice_items()) == 3
 
-    # When the next hourly run closes what is still open
+    # When SQS delivers the failed request again after its visibility timeout, and the next run comes
+    metering.close_requests_reappear()
+    assert metering.invoice_queued() == []
     assert metering.close("2026-11-01T07:00:00Z") == []
     # Then each invoice exists exactly once and was published exactly once
     assert len(metering.invoice_items()) == 3
@@ -249,41 +258,37 @@ def test_an_event_counted_before_the_seal_and_redelivered_after_it_is_not_listed
     assert metering.report()["late"] == []
 
 
-def test_an_event_racing_the_seal_is_undone_and_recorded_late(
+def test_the_close_waits_out_recordings_that_may_still_write_before_it_counts(
     metering: Metering, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a closed period with 55 contacts
-    given_usage(metering, "acc-race", "start", 55)
-    metering.close(CLOSE_DUE)
-    # And a recorder whose read of the period still shows it open (it read just before the seal)
-    real_read = DynamoStore.read_period_state
-
-    def read_before_seal(
-        self: DynamoStore, refs: Any, contacts: Any
-    ) -> tuple[dict[PeriodRef, PeriodSummary], dict[tuple[PeriodRef, str], Any]]:
-        summaries, existing = real_read(self, refs, contacts)
-        for summary in summaries.values():
-            summary.closed_at = None
-        return summaries, existing
-
-    monkeypatch.setattr(DynamoStore, "read_period_state", read_before_seal)
-    # When an in-grace October event for a new contact is recorded
-    racing = contact_event(
-        "acc-race",
-        "con-0056",
-        "2026-10-31T23:30:00Z",
-        delivered_at="2026-11-01T03:00:00Z",
-        event_id="evt-racing",
+    # Given 55 October contacts on start, and close functions deployed with RecordActivity's real timeout
+    # (a recording that read the period open just before the seal may write for another 60 s)
+    given_usage(metering, "acc-fence", "start", 55)
+    monkeypatch.setenv("RECORDER_TIMEOUT_SECONDS", "60")
+    metering.cold_start()
+    handed_over: list[tuple[str, str]] = []
+    monkeypatch.setattr(gateways, "invoke_async", lambda arn, payload: handed_over.append((arn, payload)))
+    # When the close runs at October's close instant with 60 s left before its deadline
+    run = metering.schedule_closes(CLOSE_DUE)
+    # And a close request for the account reaches InvoiceAccount at once
+    early = metering.invoice_requests([{"accountId": "acc-fence", "period": OCTOBER, "asOf": CLOSE_DUE}])
+    # And an in-grace October event is delivered after the seal
+    _, late = metering.record_events(
+        [contact_event("acc-fence", "con-0056", "2026-10-31T23:30:00Z", delivered_at="2026-11-01T03:00:00Z")]
     )
-    _, response = metering.record_events([racing])
-    # Then its contact write is undone, the count and the invoice are unchanged, and the event is late
-    assert failed_ids(response) == []
-    assert "con-0056" not in metering.contact_items("acc-race", OCTOBER)
-    assert metering.active_contacts("acc-race", OCTOBER) == 55
-    assert invoiced_amounts(metering) == {"acc-race": 125}
-    assert metering.report()["late"] == [
-        {"eventId": "evt-racing", "accountId": "acc-race", "period": OCTOBER}
-    ]
+    # Then the period is sealed (the event is late), but nothing is counted or billed yet: the run handed
+    # the rest over to a new invocation rather than wait past its deadline, and the request is retried
+    assert failed_ids(late) == []
+    assert [row["eventId"] for row in metering.report()["late"]] == [late_event_id(metering)]
+    assert run == {"scheduledTime": "2026-11-01T06:00:00+00:00", "requestsSent": 0, "handedOver": True}
+    assert [json.loads(payload) for _, payload in handed_over] == [{"scheduledTime": CLOSE_DUE}]
+    assert len(failed_ids(early)) == 1
+    assert metering.report()["invoices"] == []
+
+
+def late_event_id(metering: Metering) -> str:
+    [row] = metering.report()["late"]
+    return str(row["eventId"])
 
 
 # ---- which subscription bills the period ----

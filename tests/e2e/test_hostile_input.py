@@ -13,9 +13,10 @@ from typing import Any
 
 import boto3
 import pytest
-from metering import aws, cli
-from metering.operations import list_rejected, replay_rejected
+from metering import aws
 from metering.provisioning import LocalStack, provision
+from metering_tools import cli
+from metering_tools.operations import list_rejected, replay_rejected
 from moto import mock_aws
 
 from tests.harness import Handlers, Metering, add_capture_queue
@@ -82,7 +83,7 @@ def rejected_items(metering: Metering) -> list[tuple[str, str]]:
     """Every stored rejection as (month partition, event id), duplicates kept."""
     return sorted(
         (item["pk"]["S"], item["sk"]["S"])
-        for item in metering.store.scan_items()
+        for item in metering.scan_items()
         if item["pk"]["S"].startswith("#rejected#")
     )
 
@@ -263,7 +264,8 @@ def corpus_metering() -> Iterator[Metering]:
 
 @dataclass(frozen=True)
 class StoredState:
-    """What a batch can leave behind: rejections ((partition, event id) -> reason) and period counts."""
+    """What a batch can leave behind: rejections ((partition, event id) -> reason) and contact items per
+    period."""
 
     rejections: dict[tuple[str, str], str]
     usage: dict[str, int]
@@ -278,17 +280,17 @@ class StoredState:
             .paginate(
                 TableName=metering.stack.table_name,
                 ConsistentRead=True,
-                FilterExpression="sk = :summary OR begins_with(pk, :rejected)",
-                ProjectionExpression="pk, sk, reason, activeContacts",
-                ExpressionAttributeValues={":summary": {"S": "summary"}, ":rejected": {"S": "#rejected#"}},
+                FilterExpression="begins_with(sk, :contact) OR begins_with(pk, :rejected)",
+                ProjectionExpression="pk, sk, reason",
+                ExpressionAttributeValues={":contact": {"S": "contact#"}, ":rejected": {"S": "#rejected#"}},
             )
         )
         for item in (item for page in pages for item in page["Items"]):
             pk, sk = item["pk"]["S"], item["sk"]["S"]
             if pk.startswith("#rejected#"):
                 rejections[(pk, sk)] = item["reason"]["S"]
-            elif "activeContacts" in item:
-                usage[pk] = int(item["activeContacts"]["N"])
+            else:
+                usage[pk] = usage.get(pk, 0) + 1
         return cls(rejections, usage)
 
     def since(self, before: StoredState) -> StoredState:

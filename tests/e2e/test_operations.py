@@ -1,17 +1,18 @@
-"""Operator commands over a table: explain a charge, recount the running counts, show current usage."""
+"""Operator commands over a table: explain a charge, list a period's invoices, show current usage."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from metering.model import PeriodRef
-from metering.operations import current_usage, explain, recount
+from metering_tools.operations import current_usage, explain, invoices
 
 from tests.harness import Metering
-from tests.helpers import contact_event, contact_events, contact_ids, subscription_changed
+from tests.helpers import contact_event, contact_events, contact_ids, status_renamed, subscription_changed
 
 OCTOBER = "2026-10"
+GRACE = timedelta(hours=6)
 
 
 def test_explain_lists_each_active_contact_with_the_first_event_that_made_it_active(
@@ -24,38 +25,39 @@ def test_explain_lists_each_active_contact_with_the_first_event_that_made_it_act
         "acc-why", "con-b", "2026-10-05T10:00:00Z", detail_type="Message Sent", event_id="evt-b"
     )
     metering.record_events([messaged, created, other])
-    # When support asks why the account was billed for its contacts in October
-    answer = explain(metering.store, PeriodRef("acc-why", OCTOBER))
-    # Then every active contact is listed once, oldest first, with the earliest event that touched it
-    assert answer["activeContacts"] == 2
-    assert [(c["contactId"], c["firstEventId"], c["firstDetailType"]) for c in answer["contacts"]] == [
+    # delivered as two batches, the creation first
+    metering.record_events([created])
+    metering.record_events([messaged, other])
+    # When support asks why the account was billed for its contacts in October, before and after the close
+    before = explain(metering.store, PeriodRef("acc-why", OCTOBER), "UTC", GRACE)
+    metering.close("2026-11-01T06:00:00Z")
+    after = explain(metering.store, PeriodRef("acc-why", OCTOBER), "UTC", GRACE)
+    # Then every active contact is listed once, oldest first, with the first event delivered that touched it
+    assert before["activeContacts"] == 2
+    assert [(c["contactId"], c["firstEventId"], c["firstDetailType"]) for c in before["contacts"]] == [
         ("con-a", "evt-created", "Contact Created"),
         ("con-b", "evt-b", "Message Sent"),
     ]
+    # And it says whether the period is closed and what was invoiced (nothing: no subscription)
+    assert (before["closed"], after["closed"], after["invoice"]) == (False, True, None)
 
 
-def test_recount_finds_every_running_count_equal_to_its_contact_items_and_reports_a_drift(
-    metering: Metering,
-) -> None:
-    # Given two accounts with activity
-    metering.record_events(contact_events("acc-r1", contact_ids("con", 12), "2026-10-03T10:00:00Z"))
-    metering.record_events(contact_events("acc-r2", contact_ids("con", 5), "2026-10-03T10:00:00Z"))
-    # When every period is recounted
-    results = recount(metering.store)
-    # Then each running count equals its contact items
-    assert [(r.ref.account_id, r.running_count, r.contact_items, r.consistent) for r in results] == [
-        ("acc-r1", 12, 12, True),
-        ("acc-r2", 5, 5, True),
+def test_invoices_lists_the_invoices_of_a_period_with_their_amounts(metering: Metering) -> None:
+    # Given three accounts over, within and without an allowance, and a legacy one, closed for October
+    for account, plan, active in (("acc-i1", "start", 60), ("acc-i2", "grow", 251), ("acc-i3", "start", 50)):
+        metering.record_events([subscription_changed(account, plan, "2026-09-01T00:00:00Z")])
+        metering.record_events(
+            [status_renamed(account, "2026-10-10T09:00:00Z", contact_ids=contact_ids("con", active))]
+        )
+    metering.close("2026-11-01T06:00:00Z")
+    # When the operator lists October's invoices
+    listed = list(invoices(metering.store, OCTOBER))
+    # Then the two accounts over their allowance are listed, by account, with their amounts
+    assert [(row["accountId"], row["overusageContacts"], row["amountCents"]) for row in listed] == [
+        ("acc-i1", 10, 250),
+        ("acc-i2", 1, 25),
     ]
-    # When a contact item disappears behind the count's back
-    metering.store.delete_contacts(PeriodRef("acc-r2", OCTOBER), ["con-0001"], attempt=_attempt_of(metering))
-    # Then the recount of that period reports the mismatch
-    drifted = recount(metering.store, PeriodRef("acc-r2", OCTOBER))
-    assert [(r.running_count, r.contact_items, r.consistent) for r in drifted] == [(5, 4, False)]
-
-
-def _attempt_of(metering: Metering) -> str:
-    return next(iter(metering.store.contacts(PeriodRef("acc-r2", OCTOBER)))).attempt
+    assert list(invoices(metering.store, "2026-09")) == []
 
 
 @pytest.mark.parametrize(

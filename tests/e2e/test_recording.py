@@ -1,5 +1,5 @@
-"""RecordActivity end to end against moto: exact counts under redelivery, rejections, claim checks, crashes,
-stale reads and usage alerts."""
+"""RecordActivity end to end against moto: exact counts under redelivery, rejections, claim checks, failures
+part-way, stale reads, a seal landing mid-batch, and usage alerts."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from typing import Any
 
 import boto3
 import pytest
-from metering import recording
-from metering.model import PeriodRef, PeriodSummary, StoreUnavailable
+from metering.model import PeriodRef, StoreUnavailable
 from metering.provisioning import LocalStack
-from metering.store import DynamoStore
+from metering.store import MeteringStore
+from metering.store.alerts import Alerts
+from metering.store.contacts import Contacts
+from metering.store.rejections import Rejections
 
 from tests.harness import Metering
 from tests.helpers import (
@@ -29,6 +31,7 @@ from tests.helpers import (
 )
 
 OCTOBER = "2026-10"
+USAGE_ALERT = "Usage Threshold Reached"
 
 
 # ---- redelivery ----
@@ -65,7 +68,7 @@ def test_redelivering_a_batch_three_times_counts_each_contact_once_and_bills_one
     assert failed_ids(first) == failed_ids(second) == failed_ids(third) == []
     assert counts == [(60, set(contact_ids("con", 60)))] * 3
     # And each contact remembers the first event that made it active (SPEC §5, explain a charge)
-    first_touch = metering.store.read_period_state([], [(PeriodRef("acc-redeliver", OCTOBER), "con-0001")])[1]
+    first_touch = metering.store.read_periods([(PeriodRef("acc-redeliver", OCTOBER), "con-0001")], [])[0]
     assert [(record.first_event_id, record.first_detail_type) for record in first_touch.values()] == [
         (rename["id"], "Status Renamed")
     ]
@@ -120,32 +123,34 @@ def test_a_malformed_record_is_stored_as_rejected_while_the_rest_of_the_batch_co
     assert "detail.contactId" in rejections["evt-bad-contact-id"]["reason"]
     assert json.loads(rejections["evt-bad-contact-id"]["raw"]) == bad
     months.add(datetime.now(UTC).strftime("%Y-%m"))  # received in this month (or the next, at midnight)
-    listed = [row for month in sorted(months) for row in metering.store.list_rejections(month)]
-    assert [(event_id, raw) for event_id, _, _, raw in listed] == [("evt-bad-contact-id", json.dumps(bad))]
+    listed = [row for month in sorted(months) for row in metering.store.rejections.received_in(month)]
+    assert [(row.event_id, row.raw) for row in listed] == [("evt-bad-contact-id", json.dumps(bad))]
 
 
 def test_a_rejection_that_could_not_be_stored_is_retried_not_lost(
     metering: Metering, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a store that is throttled the first time it saves rejections
-    real_save = DynamoStore.save_rejections
+    real_save = Rejections.save
     throttled: list[int] = []
 
-    def throttle_once(self: DynamoStore, rejections: Any) -> None:
+    def throttle_once(self: Rejections, rejections: Any) -> None:
         if not throttled:
             throttled.append(len(rejections))
             raise StoreUnavailable("DynamoDB ProvisionedThroughputExceededException")
         real_save(self, rejections)
 
-    monkeypatch.setattr(DynamoStore, "save_rejections", throttle_once)
+    monkeypatch.setattr(Rejections, "save", throttle_once)
     # When a batch with one valid and one malformed event is recorded, and SQS redelivers what failed
     bad = contact_event("acc-throttled", "con#2", "2026-10-05T10:00:00Z", event_id="evt-unsaved-rejection")
     batch, response = metering.record_events(
         [contact_event("acc-throttled", "con-1", "2026-10-05T10:00:00Z"), bad]
     )
     metering.record(redelivery(batch, failed_ids(response)))
-    # Then the rejection is stored in the end (an invalid event is never lost) and the valid one counts
+    # Then only the malformed record was retried, its rejection is stored in the end (an invalid event is
+    # never lost), and the valid one counted the first time
     assert throttled == [1]
+    assert failed_ids(response) == [batch["Records"][1]["messageId"]]
     assert "evt-unsaved-rejection" in metering.rejections()
     assert metering.active_contacts("acc-throttled", OCTOBER) == 1
 
@@ -227,7 +232,9 @@ def test_a_status_rename_of_2500_contacts_in_a_claim_check_fans_out_and_counts_e
     # When the fan-out queue is fed back to RecordActivity
     chunks = metering.drain_fanout()
     # Then the chunks held at most 1,000 ids each, and all 2,500 contacts are active exactly once
-    sizes = sorted(len(json.loads(record["body"])["detail"]["contactIds"]) for record in chunks["Records"])
+    sizes = sorted(
+        len(json.loads(record["body"])["event"]["detail"]["contactIds"]) for record in chunks["Records"]
+    )
     assert sizes == [500, 1000, 1000]
     assert metering.active_contacts("acc-big", OCTOBER) == 2500
     assert metering.contact_items("acc-big", OCTOBER) == set(ids)
@@ -263,100 +270,117 @@ def test_a_claim_check_of_at_most_1000_ids_is_counted_without_fan_out(
     assert metering.drain_fanout() == {"Records": []}
 
 
-# ---- crash recovery ----
+# ---- failures part-way ----
 
 
-def test_a_crash_between_contact_writes_and_the_count_is_completed_by_redelivery(
+def test_a_failure_after_the_contact_writes_is_completed_by_redelivery_with_its_alert(
     metering: Metering, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a store whose count transaction for acc-crash fails once, after the contact items were written
-    real_apply = DynamoStore.apply_attempt
-    crashed_attempts: list[str] = []
+    # Given an account on start (80 % at 40 contacts) and a store whose first count of acc-crash fails, after
+    # the batch's contact items were written
+    metering.record_events([subscription_changed("acc-crash", "start", "2026-09-01T00:00:00Z")])
+    real_count = Contacts.count
+    failed_counts: list[str] = []
 
-    def crash_once(
-        self: DynamoStore, ref: PeriodRef, attempt: str, contacts: int, **when: Any
-    ) -> PeriodSummary | None:
-        if ref.account_id == "acc-crash" and not crashed_attempts:
-            crashed_attempts.append(attempt)
-            raise StoreUnavailable("simulated crash before the count")
-        return real_apply(self, ref, attempt, contacts, **when)
+    def fail_once(self: Contacts, ref: PeriodRef, *, consistent: bool) -> int:
+        if ref.account_id == "acc-crash" and not failed_counts:
+            failed_counts.append(ref.period)
+            raise StoreUnavailable("DynamoDB ProvisionedThroughputExceededException")
+        return real_count(self, ref, consistent=consistent)
 
-    monkeypatch.setattr(DynamoStore, "apply_attempt", crash_once)
-    crash_ids = contact_ids("con", 30)
+    monkeypatch.setattr(Contacts, "count", fail_once)
+    crash_ids = contact_ids("con", 45)
 
-    # When a batch for acc-crash (30 contacts) and a bystander account (5 contacts) is recorded
+    # When a batch for acc-crash (45 contacts) and a bystander account (5 contacts) is recorded
     batch, response = metering.record_events(
         [
             *contact_events("acc-crash", crash_ids, "2026-10-05T10:00:00Z"),
             *contact_events("acc-bystander", contact_ids("con", 5), "2026-10-05T10:00:00Z"),
         ]
     )
-    # Then exactly acc-crash's records are reported for retry; its contacts are stored but not yet counted
-    crashed_messages = [record["messageId"] for record in batch["Records"][:30]]
+    # Then exactly acc-crash's records are reported for retry; its contacts are stored, no alert yet
+    crashed_messages = [record["messageId"] for record in batch["Records"][:45]]
     assert sorted(failed_ids(response)) == sorted(crashed_messages)
     assert metering.contact_items("acc-crash", OCTOBER) == set(crash_ids)
-    assert metering.active_contacts("acc-crash", OCTOBER) == 0
     assert metering.active_contacts("acc-bystander", OCTOBER) == 5
+    assert metering.events_published("Usage Threshold Reached") == []
 
-    # When SQS redelivers them while the crashed attempt could still be running (younger than the timeout)
-    early = redelivery(batch, crashed_messages)
-    early["Records"].append(sqs_record(contact_event("acc-bystander", "con-0006", "2026-10-06T10:00:00Z")))
-    early_response = metering.record(early)
-    # Then they are retried again rather than counted twice or dropped
-    assert sorted(failed_ids(early_response)) == sorted(crashed_messages)
-    assert metering.active_contacts("acc-crash", OCTOBER) == 0
-
-    # When they are redelivered after the attempt timeout, together with a new event for the same account
-    monkeypatch.setattr(recording, "attempt_age_seconds", lambda token: 3600.0)
-    late_retry = redelivery(batch, crashed_messages)
-    late_retry["Records"].append(sqs_record(contact_event("acc-crash", "con-0031", "2026-10-06T10:00:00Z")))
-    retry_response = metering.record(late_retry)
-    # Then everything succeeds and the count equals the contact items: nothing lost, nothing doubled
+    # When SQS redelivers them, to a cold container, with a new event for the same account
+    metering.cold_start()
+    retry = redelivery(batch, crashed_messages)
+    retry["Records"].append(sqs_record(contact_event("acc-crash", "con-0046", "2026-10-06T10:00:00Z")))
+    retry_response = metering.record(retry)
+    # Then everything succeeds, nothing is lost or doubled, and the 80 % alert the first delivery crossed is
+    # raised, with the count at which it was crossed
     assert failed_ids(retry_response) == []
-    assert metering.active_contacts("acc-crash", OCTOBER) == 31
-    assert metering.contact_items("acc-crash", OCTOBER) == set(contact_ids("con", 31))
+    assert metering.counts("acc-crash", OCTOBER) == (46, set(contact_ids("con", 46)))
+    assert [(a["thresholdPercent"], a["activeContacts"]) for a in metering.events_published(USAGE_ALERT)] == [
+        (80, 40)
+    ]
 
     # When the same records arrive once more at a cold container
     metering.cold_start()
-    assert failed_ids(metering.record(redelivery(late_retry))) == []
-    # Then the recovered attempt is not applied a second time
-    assert metering.active_contacts("acc-crash", OCTOBER) == 31
-    assert metering.active_contacts("acc-bystander", OCTOBER) == 6
+    assert failed_ids(metering.record(redelivery(retry))) == []
+    # Then nothing changes: the alert is not raised twice
+    assert metering.counts("acc-crash", OCTOBER) == (46, set(contact_ids("con", 46)))
+    assert [a["thresholdPercent"] for a in metering.events_published(USAGE_ALERT)] == [80]
 
 
-def test_a_count_whose_answer_was_lost_stays_counted_when_the_seal_lands_before_its_retry(
+def test_a_duplicate_of_a_counted_event_raises_no_alert_its_first_delivery_did_not_cross(
+    metering: Metering,
+) -> None:
+    # Given an account on start whose early event made con-0001 active at a count of 1, then 44 contacts
+    # made active while it was on legacy (no alerts), then back on start
+    metering.record_events([subscription_changed("acc-dup", "start", "2026-09-01T00:00:00Z")])
+    early = contact_event("acc-dup", "con-0001", "2026-10-02T10:00:00Z")
+    metering.record_events([early])
+    metering.record_events([subscription_changed("acc-dup", "legacy", "2026-10-03T00:00:00Z")])
+    metering.record_events(contact_events("acc-dup", contact_ids("con", 44, 2), "2026-10-04T10:00:00Z"))
+    metering.record_events([subscription_changed("acc-dup", "start", "2026-10-05T00:00:00Z")])
+    # When the EventBridge delivers the early event again (a new SQS message, as at-least-once delivery does)
+    _, response = metering.record_events([early])
+    # Then it changes nothing: no alert, although the count is now above 80 % of start
+    assert failed_ids(response) == []
+    assert metering.events_published(USAGE_ALERT) == []
+    # And the next contact made active on start raises the 80 % alert at its count
+    metering.record_events([contact_event("acc-dup", "con-0046", "2026-10-06T10:00:00Z")])
+    assert [(a["thresholdPercent"], a["activeContacts"]) for a in metering.events_published(USAGE_ALERT)] == [
+        (80, 46)
+    ]
+
+
+def test_a_batch_that_read_its_period_open_just_before_the_seal_is_counted_by_the_invoice(
     metering: Metering, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given an account with one active contact in October
-    metering.record_events([contact_event("acc-lost", "con-first", "2026-10-02T10:00:00Z")])
-    # And a store whose next count update for acc-lost is applied, its answer lost, the period sealed by the
-    # close job, and only then retried by botocore
-    real_call = DynamoStore._call
-    lost: list[str] = []
+    # Given 55 October contacts on start
+    metering.record_events([subscription_changed("acc-inflight", "start", "2026-09-01T00:00:00Z")])
+    metering.record_events(
+        [status_renamed("acc-inflight", "2026-10-10T09:00:00Z", contact_ids=contact_ids("con", 55))]
+    )
+    # And a close that seals October while a batch, which has already read the period open, writes
+    real_activate = Contacts.activate
+    sealed: list[dict[str, Any]] = []
 
-    def lose_answer_then_seal(self: DynamoStore, operation: Any, **kwargs: Any) -> Any:
-        if "ADD activeContacts" in kwargs.get("UpdateExpression", "") and not lost:
-            lost.append(kwargs["Key"]["pk"]["S"])
-            real_call(self, operation, **kwargs)
-            sealed = self.seal_period(
-                PeriodRef("acc-lost", OCTOBER),
-                datetime(2026, 11, 1, 7, tzinfo=UTC),
-                datetime(2026, 11, 1, 1, tzinfo=UTC),
+    def seal_first(self: Contacts, activations: Any) -> Any:
+        if not sealed:
+            sealed.append(metering.schedule_closes("2026-11-01T06:00:00Z"))
+        return real_activate(self, activations)
+
+    monkeypatch.setattr(Contacts, "activate", seal_first)
+    # When that batch makes an in-grace contact active, and InvoiceAccount then handles the close requests
+    _, response = metering.record_events(
+        [
+            contact_event(
+                "acc-inflight", "con-0056", "2026-10-31T23:30:00Z", delivered_at="2026-11-01T03:00:00Z"
             )
-            assert sealed is not None
-            assert sealed.closed_at is not None
-        return real_call(self, operation, **kwargs)
-
-    monkeypatch.setattr(DynamoStore, "_call", lose_answer_then_seal)
-
-    # When a batch of 12 new contacts of October is recorded
-    batch = contact_events("acc-lost", contact_ids("con", 12), "2026-10-30T10:00:00Z")
-    _, response = metering.record_events(batch)
-
-    # Then the retry recognises its own applied count: the contacts stay counted and none becomes late
-    assert lost == ["acc-lost#2026-10"]
+        ]
+    )
+    assert metering.invoice_queued() == []
+    # Then the contact counts and is billed (the close counts only after every such batch is over), not late
     assert failed_ids(response) == []
-    assert metering.counts("acc-lost", OCTOBER) == (13, {"con-first", *contact_ids("con", 12)})
+    assert sealed[0]["requestsSent"] == 1
+    assert metering.counts("acc-inflight", OCTOBER) == (56, set(contact_ids("con", 56)))
+    assert [row["amountCents"] for row in metering.report()["invoices"]] == [150]
     assert metering.report()["late"] == []
 
 
@@ -366,15 +390,13 @@ def test_contacts_a_stale_read_misses_are_settled_by_the_conditional_write(
     # Given ten contacts already active
     metering.record_events(contact_events("acc-stale", contact_ids("con", 10), "2026-10-05T10:00:00Z"))
     # And an eventually consistent read that has not seen any of them yet, on a cold container
-    real_read = DynamoStore.read_period_state
+    real_read = MeteringStore.read_periods
 
-    def stale_read(
-        self: DynamoStore, refs: Any, contacts: Any
-    ) -> tuple[dict[PeriodRef, PeriodSummary], dict[tuple[PeriodRef, str], Any]]:
-        summaries, _ = real_read(self, refs, contacts)
-        return summaries, {}
+    def stale_read(self: MeteringStore, contacts: Any, alert_refs: Any) -> Any:
+        _, alerts = real_read(self, contacts, alert_refs)
+        return {}, alerts
 
-    monkeypatch.setattr(DynamoStore, "read_period_state", stale_read)
+    monkeypatch.setattr(MeteringStore, "read_periods", stale_read)
     metering.cold_start()
     # When other events touch those ten and two new contacts
     _, response = metering.record_events(
@@ -449,18 +471,18 @@ def test_a_usage_alert_whose_claim_failed_is_raised_when_the_batch_is_redelivere
     metering: Metering, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an account on start (80 % alert at 40 contacts) and a store that fails the first alert claim,
-    # after the batch's contacts were written and counted
+    # after the batch's contacts were written
     metering.record_events([subscription_changed("acc-alert-crash", "start", "2026-09-01T00:00:00Z")])
-    real_claim = DynamoStore.claim_alert
+    real_claim = Alerts.claim
     failures: list[int] = []
 
-    def fail_first_claim(self: DynamoStore, alert: Any, needed_contacts: int) -> bool:
+    def fail_first_claim(self: Alerts, alert: Any) -> Any:
         if not failures:
             failures.append(alert.threshold_percent)
             raise StoreUnavailable("DynamoDB ProvisionedThroughputExceededException")
-        return real_claim(self, alert, needed_contacts)
+        return real_claim(self, alert)
 
-    monkeypatch.setattr(DynamoStore, "claim_alert", fail_first_claim)
+    monkeypatch.setattr(Alerts, "claim", fail_first_claim)
     # When a batch takes the account to 45 active contacts (with an event of another account),
     # and SQS redelivers the records reported failed
     batch, response = metering.record_events(
@@ -503,8 +525,3 @@ def test_legacy_and_unsubscribed_accounts_are_recorded_but_get_no_alerts_and_no_
     assert metering.report()["invoices"] == []
     assert metering.events_published("Usage Threshold Reached") == []
     assert metering.events_published("Overusage Invoice Issued") == []
-    outcomes = {
-        account: (metering.summary(account, OCTOBER) or {}).get("outcome")
-        for account in ("acc-legacy", "acc-nosub")
-    }
-    assert outcomes == {"acc-legacy": {"S": "legacy"}, "acc-nosub": {"S": "unbilled"}}

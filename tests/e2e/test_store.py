@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 from metering.model import PeriodRef, StoreUnavailable
-from metering.store import DynamoStore
+from metering.store import MeteringStore
+from metering.store.table import Table
 
 from tests.harness import Metering
 from tests.helpers import contact_events, contact_ids, failed_ids
@@ -18,7 +19,7 @@ CONTACTS = contact_ids("con", 150)
 
 
 @pytest.fixture
-def recorded(metering: Metering, monkeypatch: pytest.MonkeyPatch) -> DynamoStore:
+def recorded(metering: Metering, monkeypatch: pytest.MonkeyPatch) -> MeteringStore:
     """150 active contacts of acc-read in October, and no real waiting between resubmissions."""
     _, response = metering.record_events(contact_events("acc-read", CONTACTS, "2026-10-05T10:00:00Z"))
     assert failed_ids(response) == []
@@ -27,14 +28,14 @@ def recorded(metering: Metering, monkeypatch: pytest.MonkeyPatch) -> DynamoStore
 
 
 def test_a_batch_read_that_fails_once_then_leaves_keys_unprocessed_returns_every_item(
-    recorded: DynamoStore, monkeypatch: pytest.MonkeyPatch
+    recorded: MeteringStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a DynamoDB whose first BatchGetItem call fails beyond botocore's retries, and whose later answers
     # process only half of the keys asked for
-    real_call = DynamoStore._call
+    real_call = Table.call
     asked: list[int] = []
 
-    def half_answers(self: DynamoStore, operation: Any, **kwargs: Any) -> Any:
+    def half_answers(self: Table, operation: Any, **kwargs: Any) -> Any:
         if operation.__name__ != "batch_get_item":
             return real_call(self, operation, **kwargs)
         (table, request), *_ = kwargs["RequestItems"].items()
@@ -48,34 +49,33 @@ def test_a_batch_read_that_fails_once_then_leaves_keys_unprocessed_returns_every
             response["UnprocessedKeys"] = {table: {**request, "Keys": keys[half:]}}
         return response
 
-    monkeypatch.setattr(DynamoStore, "_call", half_answers)
+    monkeypatch.setattr(Table, "call", half_answers)
 
-    # When the recorder's read of the period asks for the summary and the 150 contacts
-    summaries, existing = recorded.read_period_state([REF], [(REF, contact) for contact in CONTACTS])
+    # When the recorder's read of the period asks for its alerts and the 150 contacts
+    existing, _ = recorded.read_periods([(REF, contact) for contact in CONTACTS], [REF])
 
     # Then every item comes back, after the failed call and each unprocessed remainder were resubmitted
-    assert summaries[REF].active_contacts == len(CONTACTS)
     assert {contact for _, contact in existing} == set(CONTACTS)
     assert asked[:3] == [100, 100, 50]
 
 
 def test_a_batch_read_that_keeps_failing_gives_up_with_the_error(
-    recorded: DynamoStore, monkeypatch: pytest.MonkeyPatch
+    recorded: MeteringStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a DynamoDB that throttles every BatchGetItem call beyond botocore's retries
-    real_call = DynamoStore._call
+    real_call = Table.call
     tries: list[str] = []
 
-    def always_throttled(self: DynamoStore, operation: Any, **kwargs: Any) -> Any:
+    def always_throttled(self: Table, operation: Any, **kwargs: Any) -> Any:
         if operation.__name__ == "batch_get_item":
             tries.append(operation.__name__)
             raise StoreUnavailable("DynamoDB ThrottlingException")
         return real_call(self, operation, **kwargs)
 
-    monkeypatch.setattr(DynamoStore, "_call", always_throttled)
+    monkeypatch.setattr(Table, "call", always_throttled)
 
     # When the period state is read
     # Then the read gives up after a bounded number of resubmissions, with DynamoDB's reason
     with pytest.raises(StoreUnavailable, match="ThrottlingException"):
-        recorded.read_period_state([REF], [(REF, contact) for contact in CONTACTS])
+        recorded.read_periods([(REF, contact) for contact in CONTACTS], [REF])
     assert len(tries) == 7

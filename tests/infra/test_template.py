@@ -402,7 +402,8 @@ def test_the_table_is_on_demand_recoverable_encrypted_expiring_and_indexed() -> 
     assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert props["SSESpecification"]["SSEEnabled"] is True
     assert props["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
-    assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == ("Retain", "Retain")
+    retained_in_prod_only = {"If": ["KeepData", "Retain", "Delete"]}  # per stage: tests/infra/test_deploy.py
+    assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == (retained_in_prod_only,) * 2
     [index] = props["GlobalSecondaryIndexes"]
     assert index["IndexName"] == OPEN_PERIODS_INDEX
     assert index["KeySchema"] == [

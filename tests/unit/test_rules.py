@@ -9,14 +9,12 @@ import pytest
 from metering.rules import (
     OVERUSAGE_UNIT_CENTS,
     PLANS,
+    History,
     Subscription,
     addon_cost_cents,
-    close_instant,
-    crossed_thresholds,
     invoice_lines,
     period_bounds,
     period_of,
-    subscription_at,
     threshold_contacts,
     utc_iso,
 )
@@ -35,6 +33,7 @@ def subscription(
     cycle: str = "monthly",
     event_id: str = "sub-1",
     timezone: str | None = None,
+    frozen: frozenset[str] = frozenset(),
 ) -> Subscription:
     return Subscription(
         account_id="acc-1",
@@ -44,7 +43,12 @@ def subscription(
         billing_cycle=cycle,  # type: ignore[arg-type]
         addon_contacts=addons,
         timezone=timezone,
+        frozen_periods=frozen,
     )
+
+
+def history(*changes: Subscription, default_timezone: str = "UTC") -> History:
+    return History.of(changes, default_timezone)
 
 
 # ---- periods ----
@@ -126,11 +130,73 @@ def test_new_york_month_edges_follow_eastern_time() -> None:
 
 
 def test_close_instant_is_period_end_plus_grace() -> None:
-    # Given October 2026 in Berlin and the default grace of 6 hours
-    # When its close instant is computed
-    instant = close_instant("2026-10", BERLIN, timedelta(hours=6))
+    # Given an account in Berlin all year and the default grace of 6 hours
+    berlin = history(subscription("start", "2026-01-01T00:00:00Z", timezone="Europe/Berlin"))
+    # When October's close instant is computed
+    instant = berlin.close_instant("2026-10", timedelta(hours=6))
     # Then it is the local end of the month plus six hours
     assert instant == utc("2026-11-01T05:00:00Z")
+
+
+def test_an_account_without_subscription_ends_its_months_in_the_default_zone() -> None:
+    # Given no subscription at all and a deployment whose default zone is New York
+    # When October's end is computed
+    # Then it is New York's midnight
+    assert history(default_timezone="America/New_York").period_end("2026-10") == utc("2026-11-01T04:00:00Z")
+
+
+@pytest.mark.parametrize(
+    ("zone_change_at", "expected_end"),
+    [
+        pytest.param("2026-10-15T00:00:00Z", "2026-10-31T23:00:00Z", id="mid-month-the-new-zone"),
+        pytest.param("2026-10-31T23:30:00Z", "2026-10-31T23:30:00Z", id="after-berlin-midnight-the-change"),
+        pytest.param("2026-11-01T00:00:00Z", "2026-11-01T00:00:00Z", id="at-utc-midnight-utc-midnight"),
+        pytest.param("2026-11-01T00:00:01Z", "2026-11-01T00:00:00Z", id="after-utc-midnight-utc-midnight"),
+    ],
+)
+def test_a_period_ends_in_the_zone_in_effect_at_its_end(zone_change_at: str, expected_end: str) -> None:
+    # Given an account in UTC that moves to Berlin (UTC+1 in winter) at some instant
+    account = history(
+        subscription("start", "2026-09-01T00:00:00Z", event_id="sub-1"),
+        subscription("start", zone_change_at, event_id="sub-2", timezone="Europe/Berlin"),
+    )
+    # When October's end is computed
+    end = account.period_end("2026-10")
+    # Then it is the first instant the account's clock, in the zone in effect then, shows November
+    assert end == utc(expected_end)
+    assert account.place(end) == "2026-11"
+    assert account.place(end - timedelta(microseconds=1)) == "2026-10"
+
+
+def test_a_move_west_late_in_the_month_ends_it_at_the_new_zones_midnight() -> None:
+    # Given an account in Berlin that moves to New York (UTC-5) on 31 October at 22:00 UTC
+    account = history(
+        subscription("start", "2026-09-01T00:00:00Z", event_id="sub-1", timezone="Europe/Berlin"),
+        subscription("start", "2026-10-31T22:00:00Z", event_id="sub-2", timezone="America/New_York"),
+    )
+    # When October's end is computed
+    # Then Berlin's midnight (23:00 UTC) no longer ends it: New York's does
+    assert account.period_end("2026-10") == utc("2026-11-01T04:00:00Z")
+
+
+def test_a_change_frozen_out_of_a_period_moves_neither_its_end_nor_its_bill() -> None:
+    # Given an account in UTC on start, and a change to Berlin and scale stored after October was sealed
+    account = history(
+        subscription("start", "2026-09-01T00:00:00Z", event_id="sub-1"),
+        subscription(
+            "scale",
+            "2026-10-15T00:00:00Z",
+            event_id="sub-2",
+            timezone="Europe/Berlin",
+            frozen=frozenset({"2026-10"}),
+        ),
+    )
+    # When October and November are read
+    # Then October keeps its UTC end and start plan; November has both changes
+    assert account.period_end("2026-10") == utc("2026-11-01T00:00:00Z")
+    assert account.billing_subscription("2026-10").plan == "start"  # type: ignore[union-attr]
+    assert account.period_end("2026-11") == utc("2026-11-30T23:00:00Z")
+    assert account.billing_subscription("2026-11").plan == "scale"  # type: ignore[union-attr]
 
 
 # ---- the subscription in effect ----
@@ -138,28 +204,28 @@ def test_close_instant_is_period_end_plus_grace() -> None:
 
 def test_subscription_at_picks_the_latest_change_effective_at_or_before_the_instant() -> None:
     # Given start from September and grow from 15 October
-    history = [
+    account = history(
         subscription("grow", "2026-10-15T00:00:00Z", event_id="sub-2"),
         subscription("start", "2026-09-01T00:00:00Z", event_id="sub-1"),
-    ]
+    )
     # When the subscription in effect is asked for several instants
     # Then the latest one effective by then wins, and none before the first
-    assert subscription_at(history, utc("2026-08-31T23:59:59Z")) is None
-    assert subscription_at(history, utc("2026-10-14T23:59:59Z")).plan == "start"  # type: ignore[union-attr]
-    assert subscription_at(history, utc("2026-10-15T00:00:00Z")).plan == "grow"  # type: ignore[union-attr]
-    assert subscription_at(history, utc("2026-11-01T00:00:00Z")).plan == "grow"  # type: ignore[union-attr]
+    assert account.at(utc("2026-08-31T23:59:59Z")) is None
+    assert account.at(utc("2026-10-14T23:59:59Z")).plan == "start"  # type: ignore[union-attr]
+    assert account.at(utc("2026-10-15T00:00:00Z")).plan == "grow"  # type: ignore[union-attr]
+    assert account.at(utc("2026-11-01T00:00:00Z")).plan == "grow"  # type: ignore[union-attr]
 
 
 def test_subscription_at_period_end_excludes_a_change_effective_exactly_at_the_end() -> None:
     # Given grow during October and an upgrade to scale effective exactly when November starts (UTC)
     period_end = period_bounds("2026-10", ZoneInfo("UTC"))[1]
-    history = [
+    account = history(
         subscription("grow", "2026-10-01T00:00:00Z", event_id="sub-1"),
         subscription("scale", "2026-11-01T00:00:00Z", event_id="sub-2"),
-    ]
+    )
     # When the subscription at the end is taken inclusively and strictly before the end
-    inclusive = subscription_at(history, period_end)
-    strict = subscription_at(history, period_end, inclusive=False)
+    inclusive = account.at(period_end)
+    strict = account.billing_subscription("2026-10")
     # Then only the strict reading, used for October's invoice, keeps October's subscription
     assert inclusive is not None
     assert inclusive.plan == "scale"
@@ -173,8 +239,18 @@ def test_subscription_at_breaks_ties_on_the_same_instant_by_event_id_whatever_th
     second = subscription("expand", "2026-10-10T00:00:00Z", event_id="evt-b")
     # When the history is read in either order
     # Then every reader picks the same one (the greater event id)
-    assert subscription_at([first, second], utc("2026-10-20T00:00:00Z")) == second
-    assert subscription_at([second, first], utc("2026-10-20T00:00:00Z")) == second
+    assert history(first, second).at(utc("2026-10-20T00:00:00Z")) == second
+    assert history(second, first).at(utc("2026-10-20T00:00:00Z")) == second
+
+
+def test_a_change_delivered_twice_counts_once_and_its_first_storing_wins() -> None:
+    # Given a change stored with the periods it was frozen out of, and the same change delivered again
+    stored = subscription("scale", "2026-10-15T00:00:00Z", event_id="sub-2", frozen=frozenset({"2026-10"}))
+    again = subscription("scale", "2026-10-15T00:00:00Z", event_id="sub-2")
+    # When both are in one history
+    account = history(subscription("start", "2026-09-01T00:00:00Z"), stored, again)
+    # Then the history holds it once, as first stored
+    assert account.changes == (subscription("start", "2026-09-01T00:00:00Z"), stored)
 
 
 # ---- plans, allowance, invoices ----
@@ -284,25 +360,14 @@ def test_threshold_contacts_rounds_up(allowance: int, percent: int, contacts: in
     assert threshold_contacts(allowance, percent) == contacts
 
 
-@pytest.mark.parametrize(
-    ("active", "already", "expected"),
-    [
-        (39, [], []),
-        (40, [], [80]),
-        (49, [80], []),
-        (50, [80], [100]),
-        (50, [], [80, 100]),
-        (80, [80, 100], []),
-    ],
-)
-def test_crossed_thresholds_lists_reached_thresholds_not_yet_alerted(
-    active: int, already: list[int], expected: list[int]
-) -> None:
-    # Given start (allowance 50) and thresholds given in any order
-    # When the count reaches some of them
-    crossed = crossed_thresholds([100, 80], 50, active, already)
-    # Then each reached threshold not yet alerted is listed, lowest first
-    assert crossed == expected
+def test_threshold_contacts_stay_exact_for_the_largest_allowance_the_contract_accepts() -> None:
+    # Given the largest add-on purchase the contract accepts on scale
+    allowance = 2000 + 1_000_000_000
+    # When its thresholds are computed
+    # Then they are exact integers (no float rounding)
+    assert threshold_contacts(allowance, 80) == 800_001_600
+    assert threshold_contacts(allowance, 100) == allowance
+    assert threshold_contacts(allowance + 1, 80) == 800_001_601
 
 
 def test_utc_iso_is_fixed_width_and_sorts_like_time() -> None:

@@ -13,6 +13,7 @@ from botocore.config import Config
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_events import EventBridgeClient
+    from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
@@ -95,7 +96,12 @@ def sns() -> SNSClient:
     return boto3.client("sns", config=CLIENT_CONFIG)
 
 
+@cache
+def lambda_() -> LambdaClient:
+    return boto3.client("lambda", config=CLIENT_CONFIG)
+
+
 def reset_clients() -> None:
     """Forget the cached clients, so the next call builds them against the current environment."""
-    for factory in (dynamodb, sqs, events, s3, sns):
+    for factory in (dynamodb, sqs, events, s3, sns, lambda_):
         factory.cache_clear()

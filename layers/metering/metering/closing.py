@@ -1,13 +1,22 @@
-"""Period close: find due periods, seal each, issue its overusage invoice exactly once, publish it.
+"""Period close: seal every account's period once its close instant has passed, then bill each billed
+account exactly once.
 
-Every step is idempotent, so a run that dies half-way is finished by the next one:
-seal (`closedAt` set once) -> invoice stored by a conditional put -> published, then marked published ->
-period taken off the open-periods index. A period stays on the index until its last step is done.
+Sealing is one write per period for all accounts at once: the period's close state records the instant up
+to which accounts' periods are sealed (`closed_through`); recording reads it with every batch and treats a
+sealed period's events as late. Counts are read only after a fence (the longest a recording that saw the
+period open may still write), so an invoice always counts exactly what was recorded before its seal.
+
+The billed accounts are found in the subscription history, shard by shard and page by page, so memory stays
+bounded whatever their number; a run that nears its deadline saves where it stopped and hands over. Each
+account's close is idempotent (the invoice is a conditional put, its publication is leased), so a request
+sent twice, or a run repeated after a crash, never bills twice. Periods without overusage write nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -16,22 +25,31 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from metering import gateways
 from metering.fields import Id
-from metering.model import Invoice, PeriodRef, StoreUnavailable
-from metering.rules import invoice_lines, subscription_at, utc_iso
+from metering.model import CloseState, Invoice, PeriodRef, PublicationLease, StoreUnavailable
+from metering.rules import History, Subscription, earliest_close, invoice_lines, latest_close, utc_iso
 
 if TYPE_CHECKING:
     from metering.settings import CloseSettings, InvoiceSettings
-    from metering.store import DynamoStore
+    from metering.store import MeteringStore
 
 INVOICE_DETAIL_TYPE = "Overusage Invoice Issued"
+HANDOVER_MARGIN_SECONDS = 30.0
+"""A run stops taking new pages this long before its deadline, to save its cursor and hand over."""
+FENCE_MARGIN_SECONDS = 15.0
+"""Added to the recording function's timeout: a write sent just before an invocation ends still lands, and
+the clocks of two hosts may differ by a little."""
 
 
 class InvoicePublishFailed(StoreUnavailable):
     """The invoice is stored but the bus refused it; the close request is retried and publishes it."""
 
 
+class NotFencedYet(StoreUnavailable):
+    """The period was sealed moments ago: a recording that saw it open may still be writing."""
+
+
 class CloseOutcome(StrEnum):
-    """How a period ended, stored on its summary."""
+    """How an account's period ended."""
 
     INVOICED = "invoiced"
     WITHIN_ALLOWANCE = "within_allowance"
@@ -40,7 +58,7 @@ class CloseOutcome(StrEnum):
 
 
 class ScheduledRun(BaseModel):
-    """The scheduler's input: `{"scheduledTime": "<aws.scheduler.scheduled-time>"}`."""
+    """The scheduler's input `{"scheduledTime": ...}`; a run that hands over invokes itself with the same."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -48,7 +66,7 @@ class ScheduledRun(BaseModel):
 
 
 class CloseRequest(BaseModel):
-    """One period to close, as ClosePeriods hands it to InvoiceAccount through the close queue."""
+    """One account's period to close, as ClosePeriods hands it to InvoiceAccount through the close queue."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -69,59 +87,190 @@ class CloseResult:
     invoice: Invoice | None
 
 
-def schedule_due_closes(run: ScheduledRun, store: DynamoStore, settings: CloseSettings) -> list[CloseRequest]:
-    """Find every period whose end plus grace has passed and queue one close request per period."""
+@dataclass(slots=True)
+class CloseRun:
+    """What one scheduled run did."""
+
+    sealed: list[str] = field(default_factory=list)
+    requests_sent: int = 0
+    handed_over: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """One enumeration: the accounts whose close instant lies in (`after`, `through`], from `cursor` on."""
+
+    period: str
+    after: datetime | None
+    through: datetime
+    shard: int
+    account: str | None
+
+    def encode(self) -> str:
+        return f"{utc_iso(self.through)}|{self.shard}|{self.account or ''}"
+
+    @classmethod
+    def resume(cls, state: CloseState) -> _Pass | None:
+        if state.closed_through is None or state.cursor is None:
+            return None
+        through, shard, account = state.cursor.split("|", 2)
+        return cls(
+            state.period,
+            state.enumerated_through,
+            datetime.fromisoformat(through),
+            int(shard),
+            account or None,
+        )
+
+
+def fence(settings: CloseSettings | InvoiceSettings) -> timedelta:
+    """How long after a seal a count may be read: no recording that saw the period open still writes."""
+    seconds = settings.recorder_timeout_seconds
+    return timedelta(seconds=seconds + FENCE_MARGIN_SECONDS if seconds else 0)
+
+
+def run_close(
+    run: ScheduledRun,
+    store: MeteringStore,
+    settings: CloseSettings,
+    remaining_seconds: Callable[[], float],
+) -> CloseRun:
+    """Seal every period with activity whose earliest close instant has passed, up to `scheduledTime`, and
+    hand every billed account whose period it sealed to InvoiceAccount."""
     as_of = run.scheduled_time
-    due = store.due_periods(as_of - settings.grace)
-    requests = [
-        CloseRequest(account_id=ref.account_id, period=ref.period, as_of=as_of) for ref in sorted(due)
-    ]
-    gateways.send_messages(
-        settings.close_queue_url, [request.model_dump_json(by_alias=True) for request in requests]
+    result = CloseRun()
+    for found in sorted(store.close_states.incomplete(), key=lambda s: s.period):
+        if earliest_close(found.period, settings.grace) > as_of:
+            continue
+        state = found
+        if found.closed_through is None or found.closed_through < as_of:
+            state = store.close_states.seal(found.period, as_of, datetime.now(UTC) + fence(settings))
+            result.sealed.append(state.period)
+        if not _wait_for_fence(state, remaining_seconds):
+            result.handed_over = True
+            return result
+        if not _enumerate(state, store, settings, remaining_seconds, result):
+            result.handed_over = True
+            return result
+    return result
+
+
+def _wait_for_fence(state: CloseState, remaining_seconds: Callable[[], float]) -> bool:
+    assert state.fenced_at is not None
+    wait = (state.fenced_at - datetime.now(UTC)).total_seconds()
+    if wait <= 0:
+        return True
+    if wait > remaining_seconds() - HANDOVER_MARGIN_SECONDS:
+        return False
+    time.sleep(wait)
+    return True
+
+
+def _enumerate(
+    state: CloseState,
+    store: MeteringStore,
+    settings: CloseSettings,
+    remaining_seconds: Callable[[], float],
+    result: CloseRun,
+) -> bool:
+    """Send a close request for every billed account whose period this state has sealed and that has not
+    been handed over yet. False when the run must hand over (its cursor is saved)."""
+    assert state.closed_through is not None
+    current = _Pass.resume(state) or _Pass(
+        state.period, state.enumerated_through, state.closed_through, 0, None
     )
-    return requests
+    if state.enumerated_through is not None and current.through <= state.enumerated_through:
+        return True
+    for shard in range(current.shard, len(store.subscriptions.shards())):
+        after_account = current.account if shard == current.shard else None
+        requests: list[str] = []
+        for account_id, changes in _accounts(store.subscriptions.shard_pages(shard, after_account)):
+            if _due(changes, current, settings):
+                requests.append(
+                    CloseRequest(
+                        account_id=account_id, period=state.period, as_of=current.through
+                    ).model_dump_json(by_alias=True)
+                )
+            if remaining_seconds() < HANDOVER_MARGIN_SECONDS:
+                _send(settings, requests, result)
+                stopped_at = replace(current, shard=shard, account=account_id)
+                store.close_states.save_cursor(state.period, stopped_at.encode())
+                return False
+        _send(settings, requests, result)
+        store.close_states.save_cursor(state.period, replace(current, shard=shard + 1, account=None).encode())
+    complete = current.through >= latest_close(state.period, settings.grace)
+    store.close_states.finish_enumeration(state.period, current.through, complete=complete)
+    return True
 
 
-def close_period(request: CloseRequest, store: DynamoStore, settings: InvoiceSettings) -> CloseResult | None:
-    """Seal one period and bill it. None when the period is not due yet (a request sent too early)."""
+def _accounts(pages: Iterable[list[Subscription]]) -> Iterator[tuple[str, list[Subscription]]]:
+    """Group a shard's changes by account across page boundaries (they are sorted by account)."""
+    account: str | None = None
+    changes: list[Subscription] = []
+    for page in pages:
+        for change in page:
+            if change.account_id != account and account is not None:
+                yield account, changes
+                changes = []
+            account = change.account_id
+            changes.append(change)
+    if account is not None:
+        yield account, changes
+
+
+def _due(changes: list[Subscription], current: _Pass, settings: CloseSettings) -> bool:
+    history = History.of(changes, settings.default_timezone)
+    instant = history.for_period(current.period).close_instant(current.period, settings.grace)
+    in_pass = instant <= current.through and (current.after is None or instant > current.after)
+    subscription = history.billing_subscription(current.period)
+    return in_pass and subscription is not None and subscription.billed
+
+
+def _send(settings: CloseSettings, requests: list[str], result: CloseRun) -> None:
+    gateways.send_messages(settings.close_queue_url, requests)
+    result.requests_sent += len(requests)
+
+
+def close_account(
+    request: CloseRequest, store: MeteringStore, settings: InvoiceSettings
+) -> CloseResult | None:
+    """Bill one account's sealed period. None when the period is not sealed for this account (a request
+    sent too early); NotFencedYet (retried) while a recording that saw it open may still write."""
     ref = request.ref
-    summary = store.seal_period(ref, request.as_of, period_end_before=request.as_of - settings.grace)
-    if summary is None or summary.period_end is None:
+    state = store.close_states.read_since(ref.period).get(ref.period, CloseState(ref.period))
+    history = History.of(store.subscriptions.history(ref.account_id), settings.default_timezone)
+    if not state.seals(history.for_period(ref.period).close_instant(ref.period, settings.grace)):
         return None
-    period_end = datetime.fromisoformat(summary.period_end)
-    history = store.load_subscriptions([ref.account_id])[ref.account_id]
-    subscription = subscription_at(history, period_end, inclusive=False)
-    invoice: Invoice | None = None
+    if state.fenced_at is not None and datetime.now(UTC) < state.fenced_at:
+        raise NotFencedYet(f"{ref.account_id} {ref.period} was sealed moments ago")
+    subscription = history.billing_subscription(ref.period)
     if subscription is None:
-        outcome = CloseOutcome.UNBILLED
-    elif not subscription.billed:
-        outcome = CloseOutcome.LEGACY
-    else:
-        lines = invoice_lines(subscription, summary.active_contacts)
-        if lines.overusage_contacts == 0:
-            outcome = CloseOutcome.WITHIN_ALLOWANCE
-        else:
-            outcome = CloseOutcome.INVOICED
-            invoice = store.save_invoice(Invoice(ref, lines, issued_at=utc_iso(request.as_of)))
-            publish_once(invoice, store, settings)
-    store.finish_close(ref, outcome)
-    return CloseResult(ref, outcome, summary.active_contacts, invoice)
+        return CloseResult(ref, CloseOutcome.UNBILLED, 0, None)
+    if not subscription.billed:
+        return CloseResult(ref, CloseOutcome.LEGACY, 0, None)
+    active = store.contacts.count(ref, consistent=True)
+    lines = invoice_lines(subscription, active)
+    if lines.overusage_contacts == 0:
+        return CloseResult(ref, CloseOutcome.WITHIN_ALLOWANCE, active, None)
+    invoice = store.invoices.save(Invoice(ref, lines, issued_at=utc_iso(request.as_of)))
+    publish_once(invoice, store, settings)
+    return CloseResult(ref, CloseOutcome.INVOICED, invoice.lines.active_contacts, invoice)
 
 
-def publish_once(invoice: Invoice, store: DynamoStore, settings: InvoiceSettings) -> None:
+def publish_once(invoice: Invoice, store: MeteringStore, settings: InvoiceSettings) -> None:
     """Publish a stored invoice under a lease, so two closers of the same period never both publish it;
     a lease left by a crashed closer expires after the function timeout and the next delivery publishes."""
     now = datetime.now(UTC)
-    lease = store.claim_invoice_publication(
+    lease = store.invoices.claim_publication(
         invoice.ref, now, stale_before=now - timedelta(seconds=settings.attempt_timeout_seconds)
     )
-    if lease == "published":
+    if lease is PublicationLease.PUBLISHED:
         return
-    if lease == "busy":
+    if lease is PublicationLease.BUSY:
         raise StoreUnavailable(f"invoice {invoice.invoice_id} is being published by another run")
     try:
         gateways.publish(settings.event_bus_name, INVOICE_DETAIL_TYPE, [invoice.as_detail()])
     except StoreUnavailable as exc:
-        store.release_invoice_publication(invoice.ref, now)
+        store.invoices.release_publication(invoice.ref, now)
         raise InvoicePublishFailed(invoice.invoice_id) from exc
-    store.mark_invoice_published(invoice.ref, now)
+    store.invoices.mark_published(invoice.ref, now)

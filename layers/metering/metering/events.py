@@ -11,7 +11,8 @@ from metering.fields import BillingCycle, Id, IsoInstant, PlanName, TimezoneName
 
 MAX_INLINE_CONTACT_IDS = 1000
 MAX_CLOCK_SKEW = timedelta(minutes=5)
-MAX_ADDON_CONTACTS = 10_000_000
+MAX_ADDON_CONTACTS = 1_000_000_000
+"""Far beyond any purchase: it keeps every allowance and threshold an exact integer in every store."""
 MAX_SOURCE_EVENT_ID_LENGTH = 256
 FAN_OUT_SUFFIX = "{id}#part{index:04d}"
 """Id of a chunk of a large `Status Renamed`, derived from the original event id."""

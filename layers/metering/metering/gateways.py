@@ -1,4 +1,5 @@
-"""S3, SQS and EventBridge access: claim-check objects in, fan-out and close messages and events out."""
+"""S3, SQS, EventBridge, SNS and Lambda access: claim-check objects in; fan-out and close messages, events,
+notifications and hand-overs out. Errors are classified once (`metering.errors`): retry, or surface."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from metering import aws
+from metering.errors import classify, error_code
 from metering.fields import ID_PATTERN
 from metering.model import ClaimCheckInvalid, StoreUnavailable
 
@@ -22,21 +24,22 @@ _ID = re.compile(ID_PATTERN)
 
 
 def read_claim_check(bucket: str, key: str, *, max_bytes: int = 64 * 1024 * 1024) -> list[str]:
-    """The contact ids of a claim-check object, one per line; a missing object or bad id rejects the event."""
+    """The contact ids of a claim-check object, one per line. A missing object or bad content rejects the
+    event; an object this function may not read (access denied, a KMS key it may not use) or a missing
+    bucket is a deployment fault, never the event's (`ServiceMisconfigured`)."""
     try:
         response = aws.s3().get_object(Bucket=bucket, Key=key)
         if int(response.get("ContentLength", 0)) > max_bytes:
             raise ClaimCheckInvalid(f"claim-check object is larger than {max_bytes} bytes")
         body = response["Body"].read()
     except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in {"NoSuchKey", "404", "NoSuchBucket", "AccessDenied", "403"}:
+        if error_code(exc) in {"NoSuchKey", "404"}:
             raise ClaimCheckInvalid(
-                f"claim-check object s3://{bucket}/{key[:100]} does not exist ({code})"
+                f"claim-check object s3://{bucket}/{key[:100]} does not exist ({error_code(exc)})"
             ) from exc
-        raise StoreUnavailable(f"S3 {code or 'error'}") from exc
+        raise classify(exc, "s3", "GetObject", f"s3://{bucket}/{key[:100]}") from exc
     except BotoCoreError as exc:
-        raise StoreUnavailable(f"S3 unreachable: {exc}") from exc
+        raise classify(exc, "s3", "GetObject", f"s3://{bucket}/{key[:100]}") from exc
     try:
         lines = body.decode("utf-8").splitlines()
     except UnicodeDecodeError as exc:
@@ -70,7 +73,7 @@ def _send_batch(queue_url: str, bodies: list[str], attempts: int = 3) -> None:
         try:
             response = aws.sqs().send_message_batch(QueueUrl=queue_url, Entries=entries)
         except (ClientError, BotoCoreError) as exc:
-            raise StoreUnavailable(f"SQS send failed: {exc}") from exc
+            raise classify(exc, "sqs", "SendMessageBatch", queue_url) from exc
         pending = [pending[int(entry["Id"])] for entry in response.get("Failed", [])]
         if not pending:
             return
@@ -92,7 +95,7 @@ def publish(bus_name: str, detail_type: str, details: Iterable[dict[str, Any]]) 
         try:
             response = aws.events().put_events(Entries=entries[offset : offset + PUT_EVENTS_LIMIT])
         except (ClientError, BotoCoreError) as exc:
-            raise StoreUnavailable(f"EventBridge PutEvents failed: {exc}") from exc
+            raise classify(exc, "events", "PutEvents", bus_name) from exc
         if response.get("FailedEntryCount", 0):
             raise StoreUnavailable(f"EventBridge refused {response['FailedEntryCount']} entries")
 
@@ -111,4 +114,12 @@ def notify(topic_arn: str, subject: str, message: str, attributes: dict[str, str
             TopicArn=topic_arn, Subject=subject[:100], Message=message, MessageAttributes=message_attributes
         )
     except (ClientError, BotoCoreError) as exc:
-        raise StoreUnavailable(f"SNS publish failed: {exc}") from exc
+        raise classify(exc, "sns", "Publish", topic_arn) from exc
+
+
+def invoke_async(function_arn: str, payload: str) -> None:
+    """Start another invocation of a function (a run handing over the rest of its work to a fresh one)."""
+    try:
+        aws.lambda_().invoke(FunctionName=function_arn, InvocationType="Event", Payload=payload)
+    except (ClientError, BotoCoreError) as exc:
+        raise classify(exc, "lambda", "Invoke", function_arn) from exc

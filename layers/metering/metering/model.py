@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from metering.rules import InvoiceLines
 
@@ -18,7 +19,7 @@ class PeriodRef:
 
 @dataclass(frozen=True, slots=True)
 class Activation:
-    """A contact touched by an event in a period: a candidate to become active."""
+    """A contact made active in a period by an event: the first event delivered that touched it."""
 
     ref: PeriodRef
     contact_id: str
@@ -35,12 +36,11 @@ class ContactRecord:
     first_event_id: str
     first_detail_type: str
     first_occurred_at: str
-    attempt: str
 
 
 @dataclass(frozen=True, slots=True)
 class AlertRecord:
-    """A usage alert that has been claimed for one threshold of one period."""
+    """A usage alert claimed for one threshold of one period."""
 
     ref: PeriodRef
     threshold_percent: int
@@ -49,22 +49,28 @@ class AlertRecord:
     plan: str
     reached_at: str
     claimed_at: int = 0
-    """When the claim was written (epoch seconds): a claim whose batch may still be publishing is left be."""
+    """When the claim was written (epoch seconds): a claim whose claimer may still publish it is left be."""
+    published: bool = False
 
 
-@dataclass(slots=True)
-class PeriodSummary:
-    """The running state of a period: exact active-contact count, alerts claimed, close status."""
+@dataclass(frozen=True, slots=True)
+class CloseState:
+    """How far the close of one period has got, for every account at once.
 
-    ref: PeriodRef
-    active_contacts: int = 0
-    closed_at: str | None = None
-    outcome: str | None = None
-    period_end: str | None = None
-    alerted_percents: frozenset[int] = field(default_factory=frozenset)
-    unpublished_alerts: tuple[AlertRecord, ...] = ()
-    recent_attempts: dict[str, int] = field(default_factory=dict)
-    """Write attempts applied in the last minutes (token -> epoch seconds): the idempotency record."""
+    An account's period is sealed once its close instant (end in the account's zone + grace) is at or before
+    `closed_through`; its invoice may be computed once `fenced_at` has passed (no recording that saw the
+    period open can still be writing). `enumerated_through` says up to which close instant the accounts
+    have been handed to InvoiceAccount; `cursor` where an unfinished enumeration stopped."""
+
+    period: str
+    closed_through: datetime | None = None
+    fenced_at: datetime | None = None
+    enumerated_through: datetime | None = None
+    cursor: str | None = None
+    complete: bool = False
+
+    def seals(self, close_instant: datetime) -> bool:
+        return self.complete or (self.closed_through is not None and close_instant <= self.closed_through)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +106,14 @@ class Invoice:
         }
 
 
+class PublicationLease(StrEnum):
+    """What taking the lease to publish an invoice found."""
+
+    CLAIMED = "claimed"
+    PUBLISHED = "published"
+    BUSY = "busy"
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """An event that will never be counted, kept with its reason and raw body for an operator to replay."""
@@ -122,11 +136,20 @@ class LateEvent:
 
 
 class StoreUnavailable(Exception):
-    """A transient failure of a backing service (throttling, 5xx, timeout): the work must be retried."""
+    """A transient failure of a backing service (throttling, 5xx, time-out): the work must be retried."""
 
 
-class PeriodClosed(Exception):
-    """The period was sealed before this write: its events are late."""
+class ServiceMisconfigured(Exception):
+    """A call the service refused for a reason a retry cannot fix (access denied, a missing resource, a
+    malformed request): a deployment or programming fault. It fails the invocation, so the function's Errors
+    alarm fires on the first occurrence and the records go back to their queue (and on to its DLQ)."""
+
+    def __init__(self, service: str, operation: str, resource: str, code: str, message: str) -> None:
+        super().__init__(f"{service} {operation} on {resource} refused: {code}: {message}")
+        self.service = service
+        self.operation = operation
+        self.resource = resource
+        self.code = code
 
 
 class ClaimCheckInvalid(Exception):

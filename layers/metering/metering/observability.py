@@ -5,7 +5,7 @@ detail goes to structured logs and the table."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -13,10 +13,9 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from metering.aws import DYNAMODB_REQUESTS
+from metering.model import ServiceMisconfigured
 
 if TYPE_CHECKING:
-    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-
     from metering.closing import CloseResult
     from metering.recording import RecordingOutcome
 
@@ -24,13 +23,31 @@ logger = Logger()
 metrics = Metrics()
 
 
-class RecordNotFinished(Exception):
-    """Raised for a record whose work must be retried, so the batch response lists it as failed."""
+def batch_item_failures(message_ids: Iterable[str]) -> dict[str, list[dict[str, str]]]:
+    """The partial-batch response of an SQS event source mapping (ReportBatchItemFailures)."""
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in message_ids]}
 
 
-def fail_unfinished(failed_message_ids: Collection[str], record: SQSRecord) -> None:
-    if record.message_id in failed_message_ids:
-        raise RecordNotFinished(record.message_id)
+@contextmanager
+def surfaced_faults() -> Iterator[None]:
+    """A deployment or programming fault (access denied, a missing resource, an invalid request) is logged
+    with the call it broke, counted as `ConfigurationErrors`, and fails the invocation: the function's Errors
+    alarm fires on the first one and the records return to their queue, then its DLQ."""
+    try:
+        yield
+    except ServiceMisconfigured as fault:
+        metrics.add_metric(name="ConfigurationErrors", unit=MetricUnit.Count, value=1)
+        logger.error(
+            "service refused a call: configuration or code fault",
+            extra={
+                "service": fault.service,
+                "operation": fault.operation,
+                "resource": fault.resource,
+                "code": fault.code,
+                "error": str(fault),
+            },
+        )
+        raise
 
 
 @contextmanager
@@ -61,7 +78,6 @@ def emit_recording_metrics(outcome: RecordingOutcome) -> None:
         "EventsProcessed": sum(outcome.events_by_type.values()),
         "Activations": outcome.activations,
         "DuplicateTouches": outcome.duplicate_touches,
-        "RecoveredContacts": outcome.recovered_contacts,
         "RejectedEvents": len(outcome.rejected),
         "LateEvents": len(outcome.late),
         "UsageAlerts": len(outcome.alerts),
@@ -112,9 +128,10 @@ def emit_close_metrics(result: CloseResult | None) -> None:
 
 __all__ = [
     "MetricUnit",
+    "batch_item_failures",
     "emit_close_metrics",
     "emit_recording_metrics",
-    "fail_unfinished",
     "logger",
     "metrics",
+    "surfaced_faults",
 ]

@@ -5,16 +5,20 @@ Money is integer euro cents everywhere; no float ever holds an amount.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from math import ceil
+from functools import cache
 from zoneinfo import ZoneInfo
 
 from metering.fields import BillingCycle, PlanName
 
 OVERUSAGE_UNIT_CENTS = 25
 CURRENCY = "EUR"
+ZONE_REACH = timedelta(hours=15)
+"""How far any zone's local midnight lies from UTC midnight (offsets span -12 h to +14 h since 1970), with a
+margin: an instant further than this from every UTC month edge is in the same month in every zone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,8 @@ class Subscription:
     billing_cycle: BillingCycle
     addon_contacts: int
     timezone: str | None
+    frozen_periods: frozenset[str] = frozenset()
+    """Periods already sealed when this change was stored: it moves neither their end nor their bill."""
 
     @property
     def included_contacts(self) -> int:
@@ -60,23 +66,92 @@ class Subscription:
     def billed(self) -> bool:
         return PLANS[self.plan].billed
 
-
-def subscription_at(
-    history: Iterable[Subscription], instant: datetime, *, inclusive: bool = True
-) -> Subscription | None:
-    """The subscription in effect at `instant`: the latest one effective at or before it (strictly before
-    when `inclusive` is false, as for a period's end). Ties on the instant are broken by event id so every
-    reader picks the same one."""
-    candidates = [
-        sub for sub in history if sub.effective_at < instant or (inclusive and sub.effective_at == instant)
-    ]
-    return max(candidates, key=lambda sub: (sub.effective_at, sub.event_id), default=None)
+    @property
+    def order(self) -> tuple[datetime, str]:
+        """Changes take effect in this order; two at the same instant are ordered by event id, so every
+        reader picks the same one."""
+        return self.effective_at, self.event_id
 
 
-def account_timezone(history: Iterable[Subscription], instant: datetime, default_timezone: str) -> ZoneInfo:
-    """The time zone that decides which month `instant` belongs to for this account."""
-    current = subscription_at(history, instant)
-    return ZoneInfo(current.timezone if current and current.timezone else default_timezone)
+@dataclass(frozen=True, slots=True)
+class History:
+    """An account's subscription changes in effect order, and the rules that read them: which subscription
+    and time zone apply at an instant, which period an instant belongs to, when a period ends."""
+
+    changes: tuple[Subscription, ...]
+    default_timezone: str
+    _instants: tuple[datetime, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        first_known: dict[str, Subscription] = {}
+        for change in self.changes:
+            first_known.setdefault(change.event_id, change)
+        ordered = tuple(sorted(first_known.values(), key=_order))
+        object.__setattr__(self, "changes", ordered)
+        object.__setattr__(self, "_instants", tuple(change.effective_at for change in ordered))
+
+    @classmethod
+    def of(cls, changes: Iterable[Subscription], default_timezone: str) -> History:
+        return cls(tuple(changes), default_timezone)
+
+    def with_change(self, change: Subscription) -> History:
+        return History((*self.changes, change), self.default_timezone)
+
+    def for_period(self, period: str) -> History:
+        """The changes that may decide `period`: those stored before it was sealed."""
+        kept = tuple(change for change in self.changes if period not in change.frozen_periods)
+        return self if len(kept) == len(self.changes) else History(kept, self.default_timezone)
+
+    def at(self, instant: datetime, *, inclusive: bool = True) -> Subscription | None:
+        """The subscription in effect at `instant`: the latest change effective at or before it (strictly
+        before when `inclusive` is false, as at a period's end)."""
+        index = bisect_right(self._instants, instant) if inclusive else bisect_left(self._instants, instant)
+        return self.changes[index - 1] if index else None
+
+    def zone_at(self, instant: datetime) -> ZoneInfo:
+        """The time zone that decides which month `instant` belongs to for this account."""
+        current = self.at(instant)
+        return zone(current.timezone if current and current.timezone else self.default_timezone)
+
+    def place(self, instant: datetime) -> str:
+        """The period of `instant`: its calendar month in the account's time zone at that instant."""
+        return period_of(instant, self.zone_at(instant))
+
+    def period_end(self, period: str) -> datetime:
+        """The first instant that belongs to a later period: the end of the month in the zone in effect at
+        that end. A zone change can move it; between changes the zone is fixed, so the end is the first
+        instant of the first stretch of constant zone whose local clock has passed the month."""
+        history = self.for_period(period)
+        starts = (datetime.min.replace(tzinfo=UTC), *history._instants)
+        zones = (
+            zone(self.default_timezone),
+            *(zone(change.timezone or self.default_timezone) for change in history.changes),
+        )
+        for index, start in enumerate(starts):
+            stretch_end = starts[index + 1] if index + 1 < len(starts) else None
+            candidate = max(start, month_end(period, zones[index]))
+            if stretch_end is None or candidate < stretch_end:
+                return candidate
+        raise AssertionError("the last stretch of a history never ends")
+
+    def close_instant(self, period: str, grace: timedelta) -> datetime:
+        """When a period may be closed and invoiced: its end plus the grace time for stragglers."""
+        return self.period_end(period) + grace
+
+    def billing_subscription(self, period: str) -> Subscription | None:
+        """The subscription that bills a period: in effect at its end (changes effective exactly at the end
+        belong to the next period), among the changes known before the period was sealed."""
+        history = self.for_period(period)
+        return history.at(history.period_end(period), inclusive=False)
+
+
+def _order(change: Subscription) -> tuple[datetime, str]:
+    return change.order
+
+
+@cache
+def zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
 
 
 def period_of(instant: datetime, tz: ZoneInfo) -> str:
@@ -88,15 +163,49 @@ def period_of(instant: datetime, tz: ZoneInfo) -> str:
 def period_bounds(period: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
     """Start (inclusive) and end (exclusive) of a period as UTC instants; DST-safe via local midnights."""
     year, month = (int(part) for part in period.split("-"))
-    next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
     start = datetime(year, month, 1, tzinfo=tz).astimezone(UTC)
-    end = datetime(next_year, next_month, 1, tzinfo=tz).astimezone(UTC)
+    end = datetime(*_next_month(year, month), 1, tzinfo=tz).astimezone(UTC)
     return start, end
 
 
-def close_instant(period: str, tz: ZoneInfo, grace: timedelta) -> datetime:
-    """When a period may be closed and invoiced: its end plus the grace time for stragglers."""
-    return period_bounds(period, tz)[1] + grace
+def month_end(period: str, tz: ZoneInfo) -> datetime:
+    return period_bounds(period, tz)[1]
+
+
+def next_period(period: str) -> str:
+    year, month = _next_month(*(int(part) for part in period.split("-")))
+    return f"{year:04d}-{month:02d}"
+
+
+def previous_period(period: str) -> str:
+    year, month = (int(part) for part in period.split("-"))
+    year, month = (year - 1, 12) if month == 1 else (year, month - 1)
+    return f"{year:04d}-{month:02d}"
+
+
+def _next_month(year: int, month: int) -> tuple[int, int]:
+    return (year + 1, 1) if month == 12 else (year, month + 1)
+
+
+def utc_period(instant: datetime) -> str:
+    return period_of(instant, zone("UTC"))
+
+
+def periods_near(instant: datetime) -> tuple[str, ...]:
+    """Every period `instant` can belong to in some zone: its UTC month, and a neighbour near a month edge."""
+    return tuple(
+        sorted({utc_period(instant - ZONE_REACH), utc_period(instant), utc_period(instant + ZONE_REACH)})
+    )
+
+
+def earliest_close(period: str, grace: timedelta) -> datetime:
+    """No account's period closes before this (the zone furthest east ends the month first)."""
+    return month_end(period, zone("UTC")) - ZONE_REACH + grace
+
+
+def latest_close(period: str, grace: timedelta) -> datetime:
+    """Every account's period has closed by this (the zone furthest west ends the month last)."""
+    return month_end(period, zone("UTC")) + ZONE_REACH + grace
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,20 +248,9 @@ def addon_cost_cents(subscription: Subscription, contacts: int) -> int | None:
 
 
 def threshold_contacts(allowance: int, percent: int) -> int:
-    """Active contacts at which `percent` of the allowance is reached (rounded up: 80 % of 50 is 40)."""
-    return ceil(allowance * percent / 100)
-
-
-def crossed_thresholds(
-    thresholds: Sequence[int], allowance: int, active_contacts: int, already_alerted: Iterable[int]
-) -> list[int]:
-    """Thresholds reached by `active_contacts` that have not been alerted yet, lowest first."""
-    alerted = set(already_alerted)
-    return sorted(
-        percent
-        for percent in thresholds
-        if percent not in alerted and active_contacts >= threshold_contacts(allowance, percent)
-    )
+    """Active contacts at which `percent` of the allowance is reached (rounded up: 80 % of 50 is 40), in
+    integers so that no allowance is too large to be exact."""
+    return -(-allowance * percent // 100)
 
 
 def utc_iso(instant: datetime) -> str:

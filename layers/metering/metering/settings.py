@@ -8,6 +8,7 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from metering.alerting import AlertChannels
 from metering.fields import TimezoneName
 
 
@@ -48,14 +49,23 @@ class RecorderSettings(_Settings):
     write_concurrency: int = Field(alias="WRITE_CONCURRENCY", default=8, ge=1, le=64)
     """Conditional contact writes in flight at once: network round trips overlap, DynamoDB does the rest."""
 
+    @property
+    def alert_channels(self) -> AlertChannels:
+        return AlertChannels(self.event_bus_name, self.usage_alert_topic_arn)
 
-class CloseSettings(_Settings):
-    """ClosePeriods: finds due periods and hands each to InvoiceAccount through the close queue."""
+
+class _AfterRecording(_Settings):
+    recorder_timeout_seconds: int = Field(alias="RECORDER_TIMEOUT_SECONDS", ge=0)
+    """RecordActivity's timeout: after a seal, counts wait this long (and a margin) for writes in flight."""
+
+
+class CloseSettings(_AfterRecording):
+    """ClosePeriods: seals due periods and hands each billed account to InvoiceAccount."""
 
     close_queue_url: str = Field(alias="CLOSE_QUEUE_URL", min_length=1)
 
 
-class InvoiceSettings(_Settings):
-    """InvoiceAccount: seals a period, stores and publishes its invoice."""
+class InvoiceSettings(_AfterRecording):
+    """InvoiceAccount: counts a sealed period, stores and publishes its invoice."""
 
     event_bus_name: str = Field(alias="EVENT_BUS_NAME", min_length=1)

@@ -14,6 +14,7 @@ import json
 import os
 import random
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -27,15 +28,15 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from botocore.exceptions import ReadTimeoutError
+from metering_tools.reports import read_report
 from pydantic import ValidationError
 
 from metering import aws
 from metering.events import CRM_EVENT, SubscriptionChanged
 from metering.model import StoreUnavailable
+from metering.placement import subscription_of
 from metering.provisioning import REPO_ROOT, LocalStack, load_template, provision, tear_down, template_default
-from metering.recording import subscription_of
-from metering.rules import Subscription, account_timezone, close_instant, period_of, utc_iso
-from metering.store import DynamoStore
+from metering.rules import History, Subscription, utc_iso
 
 FUNCTIONS_DIR = REPO_ROOT / "functions"
 FUNCTION_MODULES = {
@@ -148,9 +149,10 @@ def cold_start(folder: str) -> ModuleType:
 
 
 class LambdaContext:
-    """The attributes of a Lambda context object that Powertools reads."""
+    """The attributes of a Lambda context object that Powertools and the handlers read; the remaining time
+    counts down from the function's timeout as on Lambda."""
 
-    def __init__(self, function_name: str) -> None:
+    def __init__(self, function_name: str, timeout_seconds: float = 60) -> None:
         self.function_name = function_name
         self.function_version = "$LATEST"
         self.invoked_function_arn = f"arn:aws:lambda:{REGION}:123456789012:function:{function_name}"
@@ -158,10 +160,10 @@ class LambdaContext:
         self.aws_request_id = str(uuid.uuid4())
         self.log_group_name = f"/aws/lambda/{function_name}"
         self.log_stream_name = "simulate"
+        self._deadline = time.monotonic() + timeout_seconds
 
-    @staticmethod
-    def get_remaining_time_in_millis() -> int:
-        return 60_000
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 @dataclass(slots=True)
@@ -205,7 +207,7 @@ class Simulation:
     dead_letters: list[str] = field(default_factory=list)
     schedule: CloseSchedule = field(init=False)
     events: int = 0
-    report_store: DynamoStore | None = None
+    report_client: Any = None
     faults: FaultInjector | None = None
 
     def __post_init__(self) -> None:
@@ -220,15 +222,21 @@ class Simulation:
         return MAX_RECEIVES if self.faults is None else MAX_RECEIVES_WITH_FAULTS
 
     def load_functions(self) -> None:
-        """Import each handler module fresh, as a cold start does, with the stack's environment set."""
+        """Import each handler module fresh, as a cold start does, with the stack's environment set. On
+        embedded moto the functions' DynamoDB client also gets the capacity meter of this replay's table;
+        a client built later joins it with `capacity.shared_meter(table_name).attach(client)`."""
         aws.reset_clients()
         for function_name, folder in FUNCTION_MODULES.items():
             self.functions[function_name] = cold_start(folder)
         self.requests_before = aws.DYNAMODB_REQUESTS.snapshot()
+        if self.options.endpoint_url is None:
+            from metering_tools import capacity  # noqa: PLC0415 - a development tool, outside the Lambda layer
+
+            capacity.shared_meter(self.stack.table_name).attach(aws.dynamodb())
         if self.faults is not None:
             self.faults.attach(aws.dynamodb())
             self.faults.attach(aws.s3())
-        self.report_store = DynamoStore(self.stack.table_name, boto3.client("dynamodb"))
+        self.report_client = boto3.client("dynamodb")
 
     def restart(self, function_name: str) -> None:
         """Lambda replaces the execution environment of an invocation that was killed: the next one is a
@@ -325,8 +333,9 @@ class Simulation:
             self.close_as_of(now)
 
     def report(self) -> dict[str, Any]:
-        assert self.report_store is not None
-        report = self.report_store.read_report()
+        report: dict[str, Any] = dict(
+            read_report(self.report_client, self.stack.table_name, self.schedule.default_timezone, self.grace)
+        )
         calls, items = aws.DYNAMODB_REQUESTS.snapshot()
         calls.subtract(self.requests_before[0])
         items.subtract(self.requests_before[1])
@@ -338,18 +347,24 @@ class Simulation:
         }
         if self.faults is not None:
             report["stats"]["faults"] = dict(sorted(self.faults.injected.items()))
+        if self.options.endpoint_url is None:
+            from metering_tools import capacity  # noqa: PLC0415 - a development tool, outside the Lambda layer
+
+            report["stats"]["capacity"] = capacity.shared_meter(self.stack.table_name).stats()
         return report
 
 
 @dataclass(slots=True)
 class CloseSchedule:
     """When the hourly job would find a period due: the close instant of every period an event has been
-    delivered for, in the account's time zone as known from the subscription changes delivered so far
-    (the rules the functions apply). It only times the close runs; what they close is read from the table."""
+    delivered for (its end in the zone in effect at that end, as known from the subscription changes
+    delivered so far, plus grace: the rules the functions apply). A change learnt later adds the instants it
+    moves periods to. It only times the close runs; what they close is read from the table."""
 
     grace: timedelta
     default_timezone: str
     histories: dict[str, list[Subscription]] = field(default_factory=dict)
+    periods: dict[str, set[str]] = field(default_factory=dict)
     upcoming: set[datetime] = field(default_factory=set)
     clock: datetime = field(default_factory=lambda: datetime.min.replace(tzinfo=UTC))
 
@@ -359,13 +374,16 @@ class CloseSchedule:
         except (ValidationError, ValueError):
             return
         history = self.histories.setdefault(event.account_id, [])
+        periods = self.periods.setdefault(event.account_id, set())
         if isinstance(event, SubscriptionChanged):
             history.append(subscription_of(event))
-            return
-        tz = account_timezone(history, event.occurred_at, self.default_timezone)
-        instant = close_instant(period_of(event.occurred_at, tz), tz, self.grace)
-        if instant > self.clock:
-            self.upcoming.add(instant)
+        else:
+            periods.add(History.of(history, self.default_timezone).place(event.occurred_at))
+        known = History.of(history, self.default_timezone)
+        for period in periods:
+            instant = known.close_instant(period, self.grace)
+            if instant > self.clock:
+                self.upcoming.add(instant)
 
     def due(self, clock: datetime) -> list[datetime]:
         """The close instants the clock has reached, in order; each is returned once (an instant the clock
@@ -454,6 +472,7 @@ def simulate(
         "ALERT_THRESHOLDS": template_default(template, "AlertThresholds"),
         # one process, one invocation at a time: no earlier attempt can still be running
         "ATTEMPT_TIMEOUT_SECONDS": "0",
+        "RECORDER_TIMEOUT_SECONDS": "0",
         # embedded moto answers in this process, behind the GIL: parallel writes only contend there
         "WRITE_CONCURRENCY": "1" if options.endpoint_url is None else "8",
         "POWERTOOLS_SERVICE_NAME": "metering",

@@ -1,11 +1,11 @@
-"""`metering`: the operator's command line (replay a month, check counts)."""
+"""`metering`: the operator's command line (replay a month, explain a charge, show usage and invoices)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 
@@ -40,20 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     simulate.add_argument("--fault-seed", type=int, default=0, help="seed of the injected faults")
 
-    recount = commands.add_parser("recount", help="check every running count against its contact items")
-    recount.add_argument("--table", required=True, help="the metering table (stack output TableName)")
-    recount.add_argument("--account", help="only this account (with --period)")
-    recount.add_argument("--period", help="only this period, YYYY-MM (with --account)")
-
     explain = commands.add_parser("explain", help="list a period's active contacts and what made each active")
-    explain.add_argument("--table", required=True, help="the metering table (stack output TableName)")
+    _stack_options(explain)
     explain.add_argument("--account", required=True)
     explain.add_argument("--period", required=True, help="YYYY-MM")
 
     usage = commands.add_parser("usage", help="an account's open period: usage, allowance, projected cost")
-    usage.add_argument("--table", required=True, help="the metering table (stack output TableName)")
+    _stack_options(usage)
     usage.add_argument("--account", required=True)
-    usage.add_argument("--default-timezone", default="UTC", help="the stack's DefaultTimezone")
+
+    invoices = commands.add_parser("invoices", help="the invoices stored for a period, with their amounts")
+    _stack_options(invoices)
+    invoices.add_argument("--period", required=True, help="YYYY-MM")
 
     rejected = commands.add_parser("rejected", help="list or replay rejected events")
     rejected.add_argument("action", choices=("list", "replay"))
@@ -65,9 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stack_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--table", required=True, help="the metering table (stack output TableName)")
+    command.add_argument("--default-timezone", default="UTC", help="the stack's DefaultTimezone")
+    command.add_argument("--grace-hours", type=float, default=6, help="the stack's GraceHours")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in {"recount", "explain", "rejected", "usage"}:
+    if args.command in {"explain", "rejected", "usage", "invoices"}:
         return _operate(args)
     if args.command == "simulate":
         from metering.simulate import SimulationOptions, simulate  # noqa: PLC0415 - keeps --help fast
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         if args.format == "table":
-            from metering.report import print_table  # noqa: PLC0415 - rich only for tables
+            from metering_tools.tables import print_table  # noqa: PLC0415 - rich only for tables
 
             print_table(report)
         else:
@@ -97,48 +101,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _operate(args: argparse.Namespace) -> int:
-    """Checks against a real table (credentials and region from the usual AWS environment)."""
+    """Commands against a deployed table (credentials and region from the usual AWS environment)."""
     from metering.model import PeriodRef  # noqa: PLC0415 - keeps --help fast
-    from metering.operations import (  # noqa: PLC0415
-        current_usage,
-        explain,
-        list_rejected,
-        recount,
-        replay_rejected,
-    )
-    from metering.store import DynamoStore  # noqa: PLC0415
+    from metering.store import MeteringStore  # noqa: PLC0415
 
-    store = DynamoStore(args.table)
+    from metering_tools import operations  # noqa: PLC0415
+
+    store = MeteringStore(args.table)
+    output: object
     if args.command == "usage":
-        report = current_usage(store, args.account, datetime.now(UTC), args.default_timezone)
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
-    if args.command == "rejected":
-        if args.action == "list":
-            json.dump(list_rejected(store, args.month), sys.stdout, indent=2)
-            sys.stdout.write("\n")
-            return 0
+        output = operations.current_usage(store, args.account, datetime.now(UTC), args.default_timezone)
+    elif args.command == "explain":
+        grace = timedelta(hours=args.grace_hours)
+        output = operations.explain(store, PeriodRef(args.account, args.period), args.default_timezone, grace)
+    elif args.command == "invoices":
+        output = list(operations.invoices(store, args.period))
+    elif args.action == "list":
+        output = operations.list_rejected(store, args.month)
+    else:
         if not (args.event_id and args.queue_url):
             raise SystemExit("replay needs --event-id and --queue-url")
         corrected = args.corrected.read_text(encoding="utf-8").strip() if args.corrected else None
-        replay_rejected(store, args.month, args.event_id, args.queue_url, corrected)
-        print(f"replayed {args.event_id}")
-        return 0
-    if args.command == "explain":
-        json.dump(explain(store, PeriodRef(args.account, args.period)), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
-    if bool(args.account) != bool(args.period):
-        raise SystemExit("--account and --period go together")
-    results = recount(store, PeriodRef(args.account, args.period) if args.account else None)
-    for result in results:
-        state = "ok" if result.consistent else "MISMATCH"
-        print(
-            f"{result.ref.account_id} {result.ref.period} running={result.running_count} "
-            f"items={result.contact_items} {state}"
-        )
-    return 0 if all(result.consistent for result in results) else 1
+        operations.replay_rejected(store, args.month, args.event_id, args.queue_url, corrected)
+        output = {"replayed": args.event_id}
+    json.dump(output, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
 
 
 if __name__ == "__main__":

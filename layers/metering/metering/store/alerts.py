@@ -1,0 +1,89 @@
+"""Usage alerts of a period: one attribute per threshold, claimed once by a conditional write.
+
+One top-level attribute per threshold (`alert80`, `alert100`), so the first claim creates the item and each
+claim conditions only on its own threshold."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from metering.model import AlertRecord, PeriodRef
+from metering.rules import utc_iso
+from metering.store.codec import Item, n, number, s, text
+from metering.store.keys import Key, alerts_key, ref_from_pk
+from metering.store.table import Conflict, Table
+
+ALERT_PREFIX = "alert"
+
+
+def _attribute(percent: int) -> str:
+    return f"{ALERT_PREFIX}{percent}"
+
+
+class Alerts:
+    def __init__(self, table: Table) -> None:
+        self._table = table
+
+    @staticmethod
+    def key(ref: PeriodRef) -> Key:
+        return alerts_key(ref)
+
+    @staticmethod
+    def decode(item: Item) -> tuple[PeriodRef, dict[int, AlertRecord]]:
+        ref = ref_from_pk(text(item, "pk"))
+        return ref, {
+            int(name.removeprefix(ALERT_PREFIX)): _record(
+                ref, int(name.removeprefix(ALERT_PREFIX)), value["M"]
+            )
+            for name, value in item.items()
+            if name.startswith(ALERT_PREFIX)
+        }
+
+    def claim(self, alert: AlertRecord) -> AlertRecord | None:
+        """Record that a threshold was reached. None for the one caller that records it first; the claim
+        already stored for everyone else."""
+        outcome = self._table.write(
+            Key=alerts_key(alert.ref),
+            UpdateExpression="SET #alert = :alert",
+            ConditionExpression="attribute_not_exists(#alert)",
+            ExpressionAttributeNames={"#alert": _attribute(alert.threshold_percent)},
+            ExpressionAttributeValues={
+                ":alert": {
+                    "M": {
+                        "allowance": n(alert.allowance),
+                        "activeContacts": n(alert.active_contacts),
+                        "plan": s(alert.plan),
+                        "reachedAt": s(alert.reached_at),
+                        "claimedAt": n(alert.claimed_at),
+                    }
+                }
+            },
+        )
+        if isinstance(outcome, Conflict):
+            return self.decode(outcome.item)[1][alert.threshold_percent]
+        return None
+
+    def mark_published(self, ref: PeriodRef, percents: Sequence[int]) -> None:
+        names = {f"#a{index}": _attribute(percent) for index, percent in enumerate(percents)}
+        self._table.call(
+            self._table.client.update_item,
+            TableName=self._table.name,
+            Key=alerts_key(ref),
+            UpdateExpression="SET " + ", ".join(f"{name}.publishedAt = :at" for name in names),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={":at": s(utc_iso(datetime.now(UTC)))},
+        )
+
+
+def _record(ref: PeriodRef, percent: int, value: Item) -> AlertRecord:
+    return AlertRecord(
+        ref=ref,
+        threshold_percent=percent,
+        allowance=number(value, "allowance"),
+        active_contacts=number(value, "activeContacts"),
+        plan=text(value, "plan"),
+        reached_at=text(value, "reachedAt"),
+        claimed_at=number(value, "claimedAt"),
+        published="publishedAt" in value,
+    )

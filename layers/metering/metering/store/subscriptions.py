@@ -1,0 +1,102 @@
+"""The subscription history: one item per `Subscription Changed`, spread over a few shard partitions.
+
+One item per change keeps every item small whatever the years bring, and a batch of any size writes each
+change on its own (a redelivered change conflicts with itself instead of breaking a shared expression).
+The first storing of a change wins: it keeps the periods that were already sealed when it arrived."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+
+from metering.rules import Subscription, utc_iso
+from metering.store.codec import Item, n, number, s, ss, strings, text
+from metering.store.keys import (
+    SUBSCRIPTION_SHARDS,
+    subscription_key,
+    subscription_prefix,
+    subscription_shard,
+    subscriptions_pk,
+)
+from metering.store.table import Conflict, Table
+
+AFTER_ACCOUNT = "$"
+"""Sorts after `#` and before every character an id may continue with: `{account}$` follows all of an
+account's changes and precedes the next account's."""
+
+
+class Subscriptions:
+    def __init__(self, table: Table) -> None:
+        self._table = table
+
+    def save(self, changes: Sequence[Subscription]) -> list[Subscription]:
+        """Store each change unless it is stored already; returns each change as stored (an earlier storing
+        of the same change wins, with the sealed periods it recorded then)."""
+
+        def put(change: Subscription) -> Subscription:
+            outcome = self._table.create(_encode(change))
+            return decode_subscription(outcome.item) if isinstance(outcome, Conflict) else change
+
+        return self._table.in_parallel(put, list(changes))
+
+    def histories(self, account_ids: Iterable[str]) -> dict[str, list[Subscription]]:
+        """Each account's changes, read consistently: a change stored by the batch before is always seen."""
+        accounts = sorted(set(account_ids))
+        return dict(zip(accounts, self._table.in_parallel(self.history, accounts), strict=True))
+
+    def history(self, account_id: str) -> list[Subscription]:
+        return [
+            decode_subscription(item)
+            for page in self._table.query(
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :account)",
+                ExpressionAttributeValues={
+                    ":pk": s(subscriptions_pk(subscription_shard(account_id))),
+                    ":account": s(subscription_prefix(account_id)),
+                },
+                ConsistentRead=True,
+            )
+            for item in page.get("Items", [])
+        ]
+
+    def shard_pages(self, shard: int, after_account: str | None) -> Iterator[list[Subscription]]:
+        """The changes of one shard, account by account, page by page, from after `after_account`."""
+        condition = "pk = :pk" + (" AND sk > :after" if after_account else "")
+        values = {":pk": s(subscriptions_pk(shard))}
+        if after_account:
+            values[":after"] = s(after_account + AFTER_ACCOUNT)
+        for page in self._table.query(KeyConditionExpression=condition, ExpressionAttributeValues=values):
+            yield [decode_subscription(item) for item in page.get("Items", [])]
+
+    @staticmethod
+    def shards() -> range:
+        return range(SUBSCRIPTION_SHARDS)
+
+
+def _encode(change: Subscription) -> Item:
+    item: Item = {
+        **subscription_key(change.account_id, change.effective_at, change.event_id),
+        "accountId": s(change.account_id),
+        "effectiveAt": s(utc_iso(change.effective_at)),
+        "eventId": s(change.event_id),
+        "plan": s(change.plan),
+        "billingCycle": s(change.billing_cycle),
+        "addonContacts": n(change.addon_contacts),
+    }
+    if change.timezone:
+        item["timezone"] = s(change.timezone)
+    if change.frozen_periods:
+        item["frozen"] = ss(change.frozen_periods)
+    return item
+
+
+def decode_subscription(item: Item) -> Subscription:
+    return Subscription(
+        account_id=text(item, "accountId"),
+        effective_at=datetime.fromisoformat(text(item, "effectiveAt")),
+        event_id=text(item, "eventId"),
+        plan=text(item, "plan"),  # type: ignore[arg-type]
+        billing_cycle=text(item, "billingCycle"),  # type: ignore[arg-type]
+        addon_contacts=number(item, "addonContacts"),
+        timezone=text(item, "timezone") or None,
+        frozen_periods=strings(item, "frozen"),
+    )

@@ -1,0 +1,108 @@
+"""Operator commands over a deployed table: explain a charge, show an account's usage, list invoices,
+list and replay rejected events. Credentials and region come from the usual AWS environment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from metering import gateways
+from metering.model import CloseState, Invoice, PeriodRef
+from metering.rules import History, addon_cost_cents, invoice_lines
+from metering.store import MeteringStore
+from metering.store.closing import decode_invoice
+from metering.store.keys import invoice_key
+
+
+def explain(store: MeteringStore, ref: PeriodRef, default_timezone: str, grace: timedelta) -> dict[str, Any]:
+    """Why a period was billed what it was: its count, whether it is closed, its invoice, and every active
+    contact with the first event that made it active (type, id, time), oldest first."""
+    contacts = sorted(store.contacts.records(ref), key=lambda c: (c.first_occurred_at, c.contact_id))
+    invoice = store.table.get(invoice_key(ref))
+    history = History.of(store.subscriptions.history(ref.account_id), default_timezone).for_period(ref.period)
+    state = store.close_states.read_since(ref.period).get(ref.period, CloseState(ref.period))
+    return {
+        "accountId": ref.account_id,
+        "period": ref.period,
+        "activeContacts": len(contacts),
+        "closed": state.seals(history.close_instant(ref.period, grace)),
+        "invoice": _invoice_row(decode_invoice(invoice)) if invoice else None,
+        "contacts": [
+            {
+                "contactId": c.contact_id,
+                "firstEventId": c.first_event_id,
+                "firstDetailType": c.first_detail_type,
+                "firstOccurredAt": c.first_occurred_at,
+            }
+            for c in contacts
+        ],
+    }
+
+
+def current_usage(
+    store: MeteringStore, account_id: str, now: datetime, default_timezone: str
+) -> dict[str, Any]:
+    """An account's open period as support and the customer see it: active contacts, allowance, what the
+    overusage would cost if the month ended now, and what the same contacts would cost as add-ons."""
+    history = History.of(store.subscriptions.history(account_id), default_timezone)
+    ref = PeriodRef(account_id, history.place(now))
+    active = store.contacts.count(ref, consistent=True)
+    subscription = history.at(now)
+    usage: dict[str, Any] = {"accountId": account_id, "period": ref.period, "activeContacts": active}
+    if subscription is None or not subscription.billed:
+        return {**usage, "plan": subscription.plan if subscription else None, "billed": False}
+    lines = invoice_lines(subscription, active)
+    return {
+        **usage,
+        "plan": subscription.plan,
+        "billingCycle": subscription.billing_cycle,
+        "billed": True,
+        "allowance": lines.allowance,
+        "overusageContacts": lines.overusage_contacts,
+        "projectedOverusageCents": lines.amount_cents,
+        "sameContactsAsAddonsCents": addon_cost_cents(subscription, lines.overusage_contacts),
+        "currency": lines.currency,
+    }
+
+
+def invoices(store: MeteringStore, period: str) -> Iterator[dict[str, Any]]:
+    """The invoices stored for a period, by account. Only accounts with a subscription can have one, so it
+    reads the subscription shards and then each such account's invoice key (never the contacts)."""
+    accounts = sorted(
+        {
+            change.account_id
+            for shard in store.subscriptions.shards()
+            for page in store.subscriptions.shard_pages(shard, None)
+            for change in page
+        }
+    )
+    found = store.table.batch_get(invoice_key(PeriodRef(account, period)) for account in accounts)
+    for invoice in sorted(map(decode_invoice, found), key=lambda i: i.ref.account_id):
+        yield _invoice_row(invoice)
+
+
+def _invoice_row(invoice: Invoice) -> dict[str, Any]:
+    return {key: value for key, value in invoice.as_detail().items() if key != "invoiceId"}
+
+
+def list_rejected(store: MeteringStore, month: str) -> list[dict[str, str]]:
+    """Events rejected in a month (by time of receipt), with their reasons."""
+    return [
+        {"eventId": r.event_id, "reason": r.reason, "receivedAt": r.received_at}
+        for r in store.rejections.received_in(month)
+    ]
+
+
+def replay_rejected(
+    store: MeteringStore, month: str, event_id: str, queue_url: str, corrected_body: str | None = None
+) -> str:
+    """Send a rejected event (as stored, or corrected by the operator) back to the activity queue with its
+    original id, and forget the rejection. Recording is idempotent, so a replay counts at most once."""
+    stored = {r.event_id: r.raw for r in store.rejections.received_in(month)}
+    if event_id not in stored:
+        raise LookupError(f"no rejected event {event_id!r} in {month}")
+    body = corrected_body if corrected_body is not None else stored[event_id]
+    gateways.send_messages(queue_url, [body])
+    store.rejections.delete(month, event_id)
+    return body
