@@ -36,8 +36,8 @@ from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 import boto3
-from metering.provisioning import REPO_ROOT, LocalStack, load_template
-from metering.simulate import SimulationOptions, simulate
+from metering_tools.provisioning import REPO_ROOT, LocalStack, load_template
+from metering_tools.simulate import SimulationOptions, simulate
 from metering_tools import capacity, regimes
 from metering_tools.naive import NaiveRun, replay_naive
 

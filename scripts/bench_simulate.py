@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metering.simulate import SimulationOptions, simulate
+from metering_tools.simulate import SimulationOptions, simulate
 
 if TYPE_CHECKING:
     from scripts import generate_sample_month as generator

@@ -1,6 +1,6 @@
 """Hermetic test setup: fake credentials, region and the functions' settings are set here, before any test
 module (and so any handler) is imported; every end-to-end test gets its own moto stack built from
-`template.yaml` by `metering.provisioning.provision`."""
+`template.yaml` by `metering_tools.provisioning.provision`."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from collections.abc import Iterator
 
 import pytest
 from metering import aws
-from metering.provisioning import LocalStack, provision
+from metering_tools.provisioning import LocalStack, provision
 from moto import mock_aws
 
 from tests.harness import Handlers, Metering, add_capture_queue

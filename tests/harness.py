@@ -10,7 +10,7 @@ from typing import Any
 
 import boto3
 from metering.model import AlertRecord, PeriodRef
-from metering.provisioning import LocalStack
+from metering_tools.provisioning import LocalStack
 from metering.store import MeteringStore
 from metering.store.alerts import Alerts
 from metering.store.keys import ALERTS_SK, CONTACT_PREFIX, INVOICE_SK, REJECTED_PREFIX

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from metering.simulate import LambdaContext, cold_start
+from metering_tools.simulate import LambdaContext, cold_start
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVENTS_DIR = Path(__file__).resolve().parent / "events"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from metering.provisioning import LocalStack, provision
+from metering_tools.provisioning import LocalStack, provision
 
 from tests.aws_env import FAKE_AWS
 from tests.harness import add_capture_queue

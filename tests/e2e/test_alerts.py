@@ -20,7 +20,7 @@ import pytest
 from metering import gateways
 from metering.model import StoreUnavailable
 from metering.observability import metrics
-from metering.provisioning import LocalStack
+from metering_tools.provisioning import LocalStack
 from metering.store.alerts import Alerts
 from moto.core.botocore_stubber import BotocoreStubber
 

@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 import pytest
 from metering import aws
-from metering.provisioning import LocalStack, provision
+from metering_tools.provisioning import LocalStack, provision
 from metering_tools import cli
 from metering_tools.operations import list_rejected, replay_rejected
 from moto import mock_aws

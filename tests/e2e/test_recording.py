@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 from metering.model import PeriodRef, StoreUnavailable
-from metering.provisioning import LocalStack
+from metering_tools.provisioning import LocalStack
 from metering.store import MeteringStore
 from metering.store.alerts import Alerts
 from metering.store.contacts import Contacts

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from metering.simulate import SimulationOptions, simulate
+from metering_tools.simulate import SimulationOptions, simulate
 
 from tests.helpers import EVENTS_DIR, utc
 
@@ -88,7 +88,10 @@ def test_simulate_reports_a_month_with_exactly_the_keys_shapes_and_order_of_spec
 
     # And stats count the events, the DynamoDB calls and items by operation, and the invocations by function
     stats = report["stats"]
-    assert list(stats) == ["events", "dynamodb", "dynamodbItems", "invocations"]
+    # (and, beyond the contract's four, the capacity units AWS would bill for those calls, by item size)
+    assert list(stats) == ["events", "dynamodb", "dynamodbItems", "invocations", "capacity"]
+    assert {"writeUnits", "readUnits", "byPath", "writeUnitEquivalents"} <= set(stats["capacity"])
+    assert stats["capacity"]["writeUnitEquivalents"] > 0
     assert stats["events"] == len(lines) == 21
     assert set(stats["dynamodbItems"]) == set(stats["dynamodb"])
     for section in ("dynamodb", "dynamodbItems", "invocations"):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from metering.simulate import SimulationOptions, simulate
+from metering_tools.simulate import SimulationOptions, simulate
 
 from tests.helpers import contact_event, contact_ids, iso, status_renamed, subscription_changed, utc
 

@@ -13,7 +13,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from metering import aws
-from metering.provisioning import LocalStack, load_template
+from metering_tools.provisioning import LocalStack, load_template
 from metering_tools.roles import (
     Call,
     Census,

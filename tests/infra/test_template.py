@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 from metering.events import DETAIL_TYPES
-from metering.provisioning import REPO_ROOT, load_template
-from metering.store import OPEN_PERIODS_INDEX
+from metering_tools.provisioning import REPO_ROOT, load_template
 
 TEMPLATE = load_template()
 RESOURCES: dict[str, dict[str, Any]] = TEMPLATE["Resources"]
@@ -395,7 +394,7 @@ def test_the_producer_account_may_only_put_the_crms_events_on_a_bus_this_stack_c
 # ---- storage and encryption ----
 
 
-def test_the_table_is_on_demand_recoverable_encrypted_expiring_and_indexed() -> None:
+def test_the_table_is_on_demand_recoverable_encrypted_expiring_and_has_no_index() -> None:
     table = RESOURCES["MeteringTable"]
     props = table["Properties"]
     assert props["BillingMode"] == "PAY_PER_REQUEST"
@@ -404,13 +403,8 @@ def test_the_table_is_on_demand_recoverable_encrypted_expiring_and_indexed() -> 
     assert props["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
     retained_in_prod_only = {"If": ["KeepData", "Retain", "Delete"]}  # per stage: tests/infra/test_deploy.py
     assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == (retained_in_prod_only,) * 2
-    [index] = props["GlobalSecondaryIndexes"]
-    assert index["IndexName"] == OPEN_PERIODS_INDEX
-    assert index["KeySchema"] == [
-        {"AttributeName": "openPeriod", "KeyType": "HASH"},
-        {"AttributeName": "openPeriodEnd", "KeyType": "RANGE"},
-    ]
-    assert index["Projection"] == {"ProjectionType": "KEYS_ONLY"}
+    # an index would double every contact write it projects; the close job reads the subscription shards
+    assert "GlobalSecondaryIndexes" not in props
 
 
 @pytest.mark.parametrize("topic", sorted(resources("AWS::SNS::Topic")))

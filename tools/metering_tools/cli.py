@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in {"explain", "rejected", "usage", "invoices"}:
         return _operate(args)
     if args.command == "simulate":
-        from metering.simulate import SimulationOptions, simulate  # noqa: PLC0415 - keeps --help fast
+        from metering_tools.simulate import SimulationOptions, simulate  # noqa: PLC0415 - keeps --help fast
 
         report = simulate(
             SimulationOptions(

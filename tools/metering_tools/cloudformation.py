@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import yaml
-from metering.provisioning import TEMPLATE_PATH
+from metering_tools.provisioning import TEMPLATE_PATH
 from samtranslator.parser.parser import Parser  # type: ignore[import-untyped]
 from samtranslator.translator.translator import Translator  # type: ignore[import-untyped]
 from samtranslator.yaml_helper import intrinsics_multi_constructor  # type: ignore[import-untyped]

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 import boto3
 from botocore.exceptions import ClientError
-from metering.provisioning import load_template, table_definition
+from metering_tools.provisioning import load_template, table_definition
 from metering.rules import OVERUSAGE_UNIT_CENTS, PLANS
 
 from metering_tools.capacity import (

@@ -22,7 +22,7 @@ from random import Random
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from metering.provisioning import REPO_ROOT
+from metering_tools.provisioning import REPO_ROOT
 
 
 def _load_script(path: Path) -> ModuleType:

@@ -91,7 +91,7 @@ def _get_att_target(value: Any) -> tuple[str, str] | None:
 
 
 class LocalStackLike(Protocol):
-    """What `metering.provisioning.LocalStack` provides: the resources `provision` created."""
+    """What `metering_tools.provisioning.LocalStack` provides: the resources `provision` created."""
 
     @property
     def table_name(self) -> str: ...

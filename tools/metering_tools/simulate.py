@@ -35,7 +35,7 @@ from metering import aws
 from metering.events import CRM_EVENT, SubscriptionChanged
 from metering.model import StoreUnavailable
 from metering.placement import subscription_of
-from metering.provisioning import REPO_ROOT, LocalStack, load_template, provision, tear_down, template_default
+from metering_tools.provisioning import REPO_ROOT, LocalStack, load_template, provision, tear_down, template_default
 from metering.rules import History, Subscription, utc_iso
 
 FUNCTIONS_DIR = REPO_ROOT / "functions"
@@ -59,6 +59,8 @@ class SimulationOptions:
     default_timezone: str | None = None
     endpoint_url: str | None = None
     batch_size: int | None = None
+    batch_sizes: tuple[int, ...] = ()
+    redelivered: frozenset[int] = frozenset()
     objects_dir: Path | None = None
     claim_check_bucket: str = "crm-claim-checks"
     fault_rate: float = 0.0
@@ -207,6 +209,8 @@ class Simulation:
     dead_letters: list[str] = field(default_factory=list)
     schedule: CloseSchedule = field(init=False)
     events: int = 0
+    batches: int = 0
+    redeliveries: list[_Message] = field(default_factory=list)
     report_client: Any = None
     faults: FaultInjector | None = None
 
@@ -288,15 +292,29 @@ class Simulation:
                 sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message.receipt_handle)
             self.deliver_until_done(function_name, batch, arn)
 
+    def batch_limit(self) -> int:
+        """The size of the next RecordActivity batch: the options' sizes in turn, else the template's."""
+        sizes = self.options.batch_sizes
+        return sizes[self.batches % len(sizes)] if sizes else self.batch_size
+
     def record(self, lines: Sequence[tuple[str, datetime]]) -> None:
-        if not lines:
-            return
+        """Deliver one batch: the lines, after the messages SQS delivers a second time (`redelivered`
+        lines come again, under the same message id, at the head of the batch after their first)."""
         messages = [
             _Message(str(uuid.uuid5(uuid.NAMESPACE_URL, f"{i}:{body}")), body, sent)
             for i, (body, sent) in enumerate(lines, start=self.events)
         ]
+        again = [
+            _Message(m.message_id, m.body, m.sent_at, receive_count=1)
+            for i, m in enumerate(messages, start=self.events)
+            if i in self.options.redelivered
+        ]
+        batch = self.redeliveries + messages
+        self.redeliveries = again
         self.events += len(lines)
-        self.deliver_until_done("RecordActivity", messages, f"arn:aws:sqs:{REGION}:123456789012:activity")
+        if batch:
+            self.batches += 1
+            self.deliver_until_done("RecordActivity", batch, f"arn:aws:sqs:{REGION}:123456789012:activity")
 
     def close_as_of(self, instant: datetime) -> None:
         """The hourly schedule firing at `instant`, then the close queue drained into InvoiceAccount."""
@@ -321,10 +339,11 @@ class Simulation:
                 self.close_as_of(instant)
             pending.append((body, sent_at))
             self.schedule.learn(body)
-            if len(pending) >= self.batch_size:
+            if len(pending) >= self.batch_limit():
                 self.record(pending)
                 pending = []
         self.record(pending)
+        self.record([])
         now = self.options.now
         instants = self.schedule.due(now)
         for instant in instants:
