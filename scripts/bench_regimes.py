@@ -36,10 +36,10 @@ from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 import boto3
-from metering_tools.provisioning import REPO_ROOT, LocalStack, load_template
-from metering_tools.simulate import SimulationOptions, simulate
 from metering_tools import capacity, regimes
 from metering_tools.naive import NaiveRun, replay_naive
+from metering_tools.provisioning import REPO_ROOT, LocalStack, load_template
+from metering_tools.simulate import SimulationOptions, simulate
 
 if TYPE_CHECKING:
     from scripts import bench_simulate

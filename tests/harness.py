@@ -10,10 +10,10 @@ from typing import Any
 
 import boto3
 from metering.model import AlertRecord, PeriodRef
-from metering_tools.provisioning import LocalStack
 from metering.store import MeteringStore
 from metering.store.alerts import Alerts
 from metering.store.keys import ALERTS_SK, CONTACT_PREFIX, INVOICE_SK, REJECTED_PREFIX
+from metering_tools.provisioning import LocalStack
 from metering_tools.reports import read_report
 
 from tests.helpers import ACCOUNT, REGION, FakeLambdaContext, failed_ids, load_handler, sqs_event, sqs_record

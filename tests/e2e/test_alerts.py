@@ -20,8 +20,8 @@ import pytest
 from metering import gateways
 from metering.model import StoreUnavailable
 from metering.observability import metrics
-from metering_tools.provisioning import LocalStack
 from metering.store.alerts import Alerts
+from metering_tools.provisioning import LocalStack
 from moto.core.botocore_stubber import BotocoreStubber
 
 from tests.harness import Metering

@@ -14,9 +14,9 @@ from typing import Any
 import boto3
 import pytest
 from metering import aws
-from metering_tools.provisioning import LocalStack, provision
 from metering_tools import cli
 from metering_tools.operations import list_rejected, replay_rejected
+from metering_tools.provisioning import LocalStack, provision
 from moto import mock_aws
 
 from tests.harness import Handlers, Metering, add_capture_queue

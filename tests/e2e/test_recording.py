@@ -10,11 +10,11 @@ from typing import Any
 import boto3
 import pytest
 from metering.model import PeriodRef, StoreUnavailable
-from metering_tools.provisioning import LocalStack
 from metering.store import MeteringStore
 from metering.store.alerts import Alerts
 from metering.store.contacts import Contacts
 from metering.store.rejections import Rejections
+from metering_tools.provisioning import LocalStack
 
 from tests.harness import Metering
 from tests.helpers import (

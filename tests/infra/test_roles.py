@@ -74,7 +74,7 @@ def key(pk: str) -> dict[str, Any]:
 
 
 def caller() -> str:
-    return boto3.client("sts").get_caller_identity()["Arn"]
+    return str(boto3.client("sts").get_caller_identity()["Arn"])
 
 
 # ---- policies resolved from the template ----

@@ -4,16 +4,20 @@ arithmetic, the classifier of today's keys, and one meter attached to a client o
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 import pytest
+from metering.model import PeriodRef
+from metering.store import keys
+from metering.store.keys import family
 from metering_tools.capacity import (
+    COUNT_PATH,
     INDEX_PATH,
     CapacityMeter,
     IndexSchema,
     KeyCondition,
-    classify_today,
     index_write_units,
     item_size,
     number_size,
@@ -74,11 +78,11 @@ def test_values_are_sized_by_the_documented_rules(value: dict[str, Any], expecte
 
 def test_an_item_is_the_sum_of_its_attribute_names_and_values() -> None:
     # Given an item with a string, a number and a map
-    item = {"pk": {"S": "acc-1#2026-10"}, "count": {"N": "263"}, "alerts": {"M": {}}}
+    item: dict[str, dict[str, Any]] = {"pk": {"S": "acc-1#2026-10"}, "n": {"N": "263"}, "alerts": {"M": {}}}
 
     # When it is sized
     # Then every name counts with its value
-    assert item_size(item) == (2 + 13) + (5 + 3) + (6 + 3)
+    assert item_size(item) == (2 + 13) + (1 + 3) + (6 + 3)
     assert item_size(None) == 0
 
 
@@ -221,22 +225,27 @@ def test_an_unknown_key_condition_is_refused_rather_than_guessed() -> None:
 # ---- today's key layout ----
 
 
+REF = PeriodRef("acc-1", "2026-10")
+
+
 @pytest.mark.parametrize(
-    ("pk", "sk", "path"),
+    ("item_key", "path"),
     [
-        ("acc-1#2026-10", "contact#c-1", "contact"),
-        ("acc-1#2026-10", "summary", "count"),
-        ("acc-1#2026-10", "late#e-1", "late"),
-        ("acc-1#2026-10", "invoice", "close"),
-        ("acc-1#subscriptions", "history", "subscription"),
-        ("#rejected#2026-10", "e-1", "rejected"),
+        (keys.contact_key(REF, "c-1"), "contact"),
+        (keys.tally_key(REF), "tally"),
+        (keys.alerts_key(REF), "alerts"),
+        (keys.late_key(REF, "e-1"), "late"),
+        (keys.invoice_key(REF), "invoice"),
+        (keys.subscription_key("acc-1", datetime(2026, 10, 3, tzinfo=UTC), "e-2"), "subscription"),
+        (keys.close_key("2026-10"), "close state"),
+        (keys.key(keys.rejected_pk("2026-10"), "e-3"), "rejected"),
     ],
 )
-def test_todays_keys_are_classified_by_code_path(pk: str, sk: str, path: str) -> None:
-    # Given an item key of today's single-table layout
-    # When it is classified
-    # Then it names the code path that writes it
-    assert classify_today(pk, sk) == path
+def test_units_are_charged_to_the_family_the_key_names(item_key: keys.Key, path: str) -> None:
+    # Given an item key built by the store's key module
+    # When the meter's default classifier names its path
+    # Then it is the item family that key belongs to
+    assert family(*keys.key_of(item_key)) == path
 
 
 # ---- the meter on embedded moto ----
@@ -319,7 +328,7 @@ def test_the_meter_charges_what_aws_bills_from_item_sizes(metered: tuple[Any, Ca
     # Then every item is read: 20,000 bytes are 5 units of 4 KB, halved
     assert count == 100
     assert meter.stats()["readUnits"] == {"Query": 2.5}
-    assert meter.stats()["byPath"]["row"]["readUnits"] == 2.5
+    assert meter.stats()["byPath"][COUNT_PATH]["readUnits"] == 2.5
 
     # Given an item in the index under status "new"
     client.put_item(TableName=TABLE, Item={"pk": {"S": "s"}, "sk": {"S": "lead#1"}, "status": {"S": "new"}})

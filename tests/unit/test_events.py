@@ -16,8 +16,8 @@ from metering.events import (
     StatusRenamed,
     SubscriptionChanged,
 )
+from metering.intake import InboundRecord, parse_record
 from metering.model import Rejection
-from metering.recording import InboundRecord, parse_record
 
 from tests.helpers import DELETE, contact_ids, event_text, load_event, utc
 

@@ -3,9 +3,10 @@
 Counting requests (`metering.aws.DynamoDBRequests`) says how often the functions call DynamoDB; the bill
 depends on how large the items are. This module sizes items by DynamoDB's rules and charges every call the
 read and write request units AWS would, reading the item images straight from embedded moto's backend before
-and after each call, so measuring never adds a request. Each unit is attributed to a *code path* by a
-classifier of the item's table key; `classify_today` knows the key layout of `metering.store` and is the one
-function to replace when the layout changes (`shared_meter(name, classify=...)` or `CapacityMeter(...)`).
+and after each call, so measuring never adds a request. Each unit is attributed to a *path*: the item family
+its table key names (`metering.store.keys.family`, the one place that knows the key layout), `count` for the
+items a `Select=COUNT` Query reads, and `index` for secondary-index entries. A meter may also be told which
+function is running (`scope`), so a benchmark can say what recording, the close job and invoicing each cost.
 
 The rules, from the DynamoDB Developer Guide:
 
@@ -34,8 +35,10 @@ A failed UpdateItem is charged by the existing item: the image it would have wri
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import re
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -45,10 +48,14 @@ from functools import partial
 from threading import Lock
 from typing import Any
 
+from metering.store.keys import family
+
 Item = Mapping[str, Mapping[str, Any]]
 """An item in DynamoDB JSON: attribute name -> {type: value}."""
 Classifier = Callable[[str, str], str]
-"""(table partition key, table sort key) -> the code path that item belongs to."""
+"""(table partition key, table sort key) -> the path that item's units are charged to."""
+Scope = Callable[[], str]
+"""What is running when a call is made (a function name, say); units are also summed by it."""
 
 WRITE_UNIT_BYTES = 1024
 READ_UNIT_BYTES = 4096
@@ -59,6 +66,9 @@ LIST_OR_MAP_OVERHEAD = 3
 NESTED_ELEMENT_OVERHEAD = 1
 INDEX_PATH = "index"
 """Path of every unit spent on a secondary index (entries written, entries read)."""
+COUNT_PATH = "count"
+"""Path of the items a `Select=COUNT` Query evaluates: counting reads them all, whatever their family."""
+KILOBYTE = 1024
 MOTO_ACCOUNT = "123456789012"
 CONDITION_FAILED = "ConditionalCheckFailedException"
 TRANSACTION_CANCELLED = "TransactionCanceledException"
@@ -136,28 +146,6 @@ def write_unit_equivalents(write: float, read: float) -> float:
     return write + read / RRU_PER_WRU
 
 
-# ---- code paths ----
-
-
-def classify_today(table_pk: str, table_sk: str) -> str:
-    """The code path of an item in today's key layout (`metering.store`): contact items, the period summary
-    (running count, alert claims and the seal), late events, invoices, subscription histories and rejected
-    events. Replace this function when the layout changes; nothing else here knows the keys."""
-    if table_pk.startswith("#rejected#"):
-        return "rejected"
-    if table_pk.endswith("#subscriptions"):
-        return "subscription"
-    if table_sk.startswith("contact#"):
-        return "contact"
-    if table_sk.startswith("late#"):
-        return "late"
-    if table_sk == "summary":
-        return "count"
-    if table_sk == "invoice":
-        return "close"
-    return "other"
-
-
 # ---- what one meter has counted ----
 
 
@@ -169,22 +157,37 @@ class _ItemWrites:
 
 
 @dataclass(slots=True)
+class _Units:
+    write: float = 0.0
+    read: float = 0.0
+
+    def as_stats(self) -> dict[str, float]:
+        return {"writeUnits": round(self.write, 3), "readUnits": round(self.read, 3)}
+
+
+@dataclass(slots=True)
 class CapacityTally:
-    """Units by operation and by code path, and the writes of each item (to find items that grow)."""
+    """Units by operation, by path and by scope, and the writes of each item (to find items that grow)."""
 
     write_by_operation: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     read_by_operation: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
-    write_by_path: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
-    read_by_path: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    by_path: defaultdict[str, _Units] = field(default_factory=lambda: defaultdict(_Units))
+    by_scope: defaultdict[str, defaultdict[str, _Units]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(_Units))
+    )
     item_writes: dict[tuple[str, str, str], _ItemWrites] = field(default_factory=dict)
 
-    def add_write(self, operation: str, path: str, units: float) -> None:
+    def add_write(self, operation: str, path: str, units: float, scope: str = "") -> None:
         self.write_by_operation[operation] += units
-        self.write_by_path[path] += units
+        self.by_path[path].write += units
+        if scope:
+            self.by_scope[scope][path].write += units
 
-    def add_read(self, operation: str, path: str, units: float) -> None:
+    def add_read(self, operation: str, path: str, units: float, scope: str = "") -> None:
         self.read_by_operation[operation] += units
-        self.read_by_path[path] += units
+        self.by_path[path].read += units
+        if scope:
+            self.by_scope[scope][path].read += units
 
     def item_written(self, key: tuple[str, str, str], path: str, size: int) -> None:
         record = self.item_writes.get(key)
@@ -202,19 +205,16 @@ class CapacityTally:
         largest = max(repeated, key=lambda record: record.largest)
         return {"bytes": largest.largest, "writes": largest.writes, "path": largest.path}
 
+    def repeated_writes_over(self, size: int) -> int:
+        """How many items written more than once were larger than `size` bytes at some write."""
+        return sum(1 for record in self.item_writes.values() if record.writes > 1 and record.largest > size)
+
     def as_stats(self) -> dict[str, Any]:
         """The `stats.capacity` object of `metering simulate`."""
-        paths = sorted(self.write_by_path.keys() | self.read_by_path.keys())
-        return {
+        stats: dict[str, Any] = {
             "writeUnits": _rounded(self.write_by_operation),
             "readUnits": _rounded(self.read_by_operation),
-            "byPath": {
-                path: {
-                    "writeUnits": round(self.write_by_path.get(path, 0.0), 3),
-                    "readUnits": round(self.read_by_path.get(path, 0.0), 3),
-                }
-                for path in paths
-            },
+            "byPath": {path: units.as_stats() for path, units in sorted(self.by_path.items())},
             "writeUnitEquivalents": round(
                 write_unit_equivalents(
                     sum(self.write_by_operation.values()), sum(self.read_by_operation.values())
@@ -222,7 +222,14 @@ class CapacityTally:
                 3,
             ),
             "largestRepeatedlyWrittenItem": self.largest_repeated_write(),
+            "repeatedlyWrittenItemsOver1KB": self.repeated_writes_over(KILOBYTE),
         }
+        if self.by_scope:
+            stats["byScope"] = {
+                scope: {path: units.as_stats() for path, units in sorted(paths.items())}
+                for scope, paths in sorted(self.by_scope.items())
+            }
+        return stats
 
 
 def _rounded(units: Mapping[str, float]) -> dict[str, float]:
@@ -365,6 +372,46 @@ class MotoTables:
             for item in list(stored.values()) if schema.range_key else [stored]:
                 if having is None or having in item.attrs:
                     yield _as_json(item)
+
+
+_PARTITION_HINT = threading.local()
+
+
+@contextlib.contextmanager
+def moto_partition_queries() -> Iterator[None]:
+    """Make embedded moto answer a base-table Query from the queried partition instead of sorting the whole
+    table on every call (moto 5's `Table.query` builds its candidates from `all_items()`, which sorts every
+    item of the table: a replay slows down with the square of the table's size, 40,000 events take minutes).
+    Answers, `ScannedCount`, paging and conditions stay moto's own, item for item: only the candidate list
+    is narrowed to the items that share the queried partition key, which is all a base-table Query can
+    return. Index queries, scans and everything else are untouched. Restored on exit."""
+    from moto.dynamodb.models.table import Table as MotoTable  # noqa: PLC0415 - moto is a development dependency
+
+    original_query, original_all_items = MotoTable.query, MotoTable.all_items
+
+    def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
+        if hash_key is None or kwargs.get("index_name") or (len(args) > 6 and args[6]):
+            return original_query(self, hash_key, *args, **kwargs)
+        _PARTITION_HINT.value = (self, hash_key)
+        try:
+            return original_query(self, hash_key, *args, **kwargs)
+        finally:
+            _PARTITION_HINT.value = None
+
+    def all_items(self: Any) -> Any:
+        hint = getattr(_PARTITION_HINT, "value", None)
+        if hint is None or hint[0] is not self:
+            return original_all_items(self)
+        stored = self.items.get(hint[1])
+        if stored is None:
+            return []
+        return list(stored.values()) if self.range_key_attr else [stored]
+
+    MotoTable.query, MotoTable.all_items = query, all_items  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        MotoTable.query, MotoTable.all_items = original_query, original_all_items  # type: ignore[method-assign]
 
 
 def _as_json(stored: Any) -> dict[str, Any]:
@@ -605,17 +652,25 @@ def index_write_units(
 class _PendingCall:
     params: Mapping[str, Any]
     writes: list[_Write]
+    scope: str
 
 
 class CapacityMeter:
     """Charges every DynamoDB call of the clients it is attached to with the capacity units AWS would, from
     item images read in moto's backend before and after the call (botocore's `before-parameter-build` and
     `after-call` events; the second is emitted for failed calls too). A call the meter cannot size is counted
-    in `unmeteredCalls` and never fails: measuring must not change what it measures."""
+    in `unmeteredCalls` and never fails: measuring must not change what it measures.
 
-    def __init__(self, classify: Classifier = classify_today, account_id: str = MOTO_ACCOUNT) -> None:
+    Paths are item families (`classify`, `metering.store.keys.family` unless told otherwise), `count` for a
+    `Select=COUNT` Query and `index` for index entries; `scope`, when set, names what runs at each call (read
+    in the calling thread when the call starts) and units are summed by it too (`byScope`)."""
+
+    def __init__(
+        self, classify: Classifier = family, account_id: str = MOTO_ACCOUNT, scope: Scope | None = None
+    ) -> None:
         self.classify = classify
         self.account_id = account_id
+        self.scope = scope
         self.tally = CapacityTally()
         self.unmetered: defaultdict[str, int] = defaultdict(int)
         self.seconds = 0.0
@@ -640,7 +695,8 @@ class CapacityMeter:
 
     def stats(self) -> dict[str, Any]:
         """`writeUnits` and `readUnits` by operation, `byPath`, `writeUnitEquivalents` (WRU + RRU / 5), the
-        largest item written more than once, and `unmeteredCalls` when there were any."""
+        largest item written more than once and how many such items passed 1 KB, `byScope` when a scope
+        was set, and `unmeteredCalls` when there were any."""
         with self._lock:
             stats = self.tally.as_stats()
             if self.unmetered:
@@ -662,7 +718,8 @@ class CapacityMeter:
             writes = _writes_requested(model.name, params, moto.schema)
             for write in writes:
                 write.old = moto.image(write.table, write.key)
-            context[self._context_key] = _PendingCall(params, writes)
+            scope = self.scope() if self.scope is not None else ""
+            context[self._context_key] = _PendingCall(params, writes, scope)
         except Exception:  # the measured call goes on; the miss is reported
             self._unmetered(model.name)
         self._spent(started)
@@ -683,9 +740,9 @@ class CapacityMeter:
             try:
                 with self._lock:
                     if pending.writes:
-                        self._charge_writes(model.name, pending.writes, parsed, error, self._moto(region))
+                        self._charge_writes(model.name, pending, parsed, error, self._moto(region))
                     elif not error:
-                        self._charge_reads(model.name, pending.params, parsed, self._moto(region))
+                        self._charge_reads(model.name, pending, parsed, self._moto(region))
             except Exception:  # the measured call goes on; the miss is reported
                 self._unmetered(model.name)
         self._spent(started)
@@ -701,7 +758,7 @@ class CapacityMeter:
     # ---- writes ----
 
     def _charge_writes(
-        self, operation: str, writes: list[_Write], parsed: Mapping[str, Any], error: str, moto: MotoTables
+        self, operation: str, pending: _PendingCall, parsed: Mapping[str, Any], error: str, moto: MotoTables
     ) -> None:
         if error and error not in {CONDITION_FAILED, TRANSACTION_CANCELLED}:
             return  # throttled, invalid or failed on the server: nothing consumed
@@ -716,7 +773,8 @@ class CapacityMeter:
             for table, requests in parsed.get("UnprocessedItems", {}).items()
             for request in requests
         }
-        for write in writes:
+        scope = pending.scope
+        for write in pending.writes:
             schema = moto.schema(write.table)
             key = schema.key_of(write.key)
             if (write.table, *key) in unprocessed:
@@ -725,26 +783,27 @@ class CapacityMeter:
             applied = not error and write.kind != "check"
             new = moto.image(write.table, write.key) if applied else None
             size = max(item_size(write.old), item_size(new if applied else write.proposed))
-            self.tally.add_write(operation, path, float(factor * write_units(size)))
+            self.tally.add_write(operation, path, float(factor * write_units(size)), scope)
             if not applied:
                 continue
             for index in schema.indexes:
                 units = index_write_units(index, schema.key_names, write.old, new)
                 if units:
-                    self.tally.add_write(operation, INDEX_PATH, float(units))
+                    self.tally.add_write(operation, INDEX_PATH, float(units), scope)
             if new is not None:
                 self.tally.item_written((write.table, *key), path, size)
 
     # ---- reads ----
 
     def _charge_reads(
-        self, operation: str, params: Mapping[str, Any], parsed: Mapping[str, Any], moto: MotoTables
+        self, operation: str, pending: _PendingCall, parsed: Mapping[str, Any], moto: MotoTables
     ) -> None:
+        params, scope = pending.params, pending.scope
         match operation:
             case "GetItem":
                 consistent = bool(params.get("ConsistentRead"))
                 self._charge_item_read(
-                    operation, moto, params["TableName"], params["Key"], consistent=consistent
+                    operation, moto, params["TableName"], params["Key"], scope, consistent=consistent
                 )
             case "BatchGetItem":
                 unprocessed = parsed.get("UnprocessedKeys", {})
@@ -753,7 +812,7 @@ class CapacityMeter:
                     for key in request.get("Keys", []):
                         if key not in skipped:
                             consistent = bool(request.get("ConsistentRead"))
-                            self._charge_item_read(operation, moto, table, key, consistent=consistent)
+                            self._charge_item_read(operation, moto, table, key, scope, consistent=consistent)
             case "TransactGetItems":
                 for entry in params.get("TransactItems", []):
                     get = entry["Get"]
@@ -762,24 +821,39 @@ class CapacityMeter:
                         moto,
                         get["TableName"],
                         get["Key"],
+                        scope,
                         consistent=True,
                         factor=TRANSACTION_FACTOR,
                     )
             case "Query" | "Scan":
-                self._charge_evaluated(operation, params, parsed, moto)
+                self._charge_evaluated(operation, params, parsed, moto, scope)
 
     def _charge_item_read(
-        self, operation: str, moto: MotoTables, table: str, key: Item, *, consistent: bool, factor: int = 1
+        self,
+        operation: str,
+        moto: MotoTables,
+        table: str,
+        key: Item,
+        scope: str,
+        *,
+        consistent: bool,
+        factor: int = 1,
     ) -> None:
         size = item_size(moto.image(table, key))
         path = self.classify(*moto.schema(table).key_of(key))
-        self.tally.add_read(operation, path, factor * read_units(size, consistent=consistent))
+        self.tally.add_read(operation, path, factor * read_units(size, consistent=consistent), scope)
 
     def _charge_evaluated(
-        self, operation: str, params: Mapping[str, Any], parsed: Mapping[str, Any], moto: MotoTables
+        self,
+        operation: str,
+        params: Mapping[str, Any],
+        parsed: Mapping[str, Any],
+        moto: MotoTables,
+        scope: str,
     ) -> None:
         """Query and Scan: the ScannedCount items evaluated from where the page started, their sizes summed
-        and rounded up to 4 KB once per request, the units split over the items' paths by size."""
+        and rounded up to 4 KB once per request, the units split over the items' paths by size (all to
+        `count` for a `Select=COUNT` request, all to `index` for an index)."""
         table = params["TableName"]
         schema = moto.schema(table)
         index = schema.index(params["IndexName"]) if params.get("IndexName") else None
@@ -790,22 +864,22 @@ class CapacityMeter:
         else:
             candidates = _scan_candidates(moto, table, schema, index, params)
             empty_path = INDEX_PATH if index else "scan"
+        fixed_path = INDEX_PATH if index else COUNT_PATH if params.get("Select") == "COUNT" else None
         sizes = [item_size(entry) for entry in candidates[: int(parsed.get("ScannedCount", 0))]]
         total = sum(sizes)
         units = read_units(total, consistent=bool(params.get("ConsistentRead")))
-        if not total:
-            self.tally.add_read(operation, empty_path, units)
+        if fixed_path is not None or not total:
+            self.tally.add_read(operation, fixed_path or empty_path, units, scope)
             return
         for entry, size in zip(candidates, sizes, strict=False):
-            path = INDEX_PATH if index else self.classify(*schema.key_of(entry))
-            self.tally.add_read(operation, path, units * size / total)
+            self.tally.add_read(operation, self.classify(*schema.key_of(entry)), units * size / total, scope)
 
 
 _SHARED_METERS: dict[str, CapacityMeter] = {}
 _SHARED_METERS_LOCK = Lock()
 
 
-def shared_meter(name: str, classify: Classifier = classify_today) -> CapacityMeter:
+def shared_meter(name: str, classify: Classifier = family) -> CapacityMeter:
     """The meter registered under `name` in this process (created with `classify` on first use), so every
     client a replay builds (once per process today, once per invocation later) can be attached to the same
     tally and the report read it back: `shared_meter(table_name).attach(client)`."""

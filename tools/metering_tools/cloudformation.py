@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import yaml
-from metering_tools.provisioning import TEMPLATE_PATH
 from samtranslator.parser.parser import Parser  # type: ignore[import-untyped]
 from samtranslator.translator.translator import Translator  # type: ignore[import-untyped]
 from samtranslator.yaml_helper import intrinsics_multi_constructor  # type: ignore[import-untyped]
+
+from metering_tools.provisioning import TEMPLATE_PATH
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

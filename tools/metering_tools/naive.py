@@ -1,14 +1,15 @@
 """SPEC §6's naive recorder, measured beside the real functions on the same events as the cost baseline.
 
-The naive design is "one invocation and one conditional PutItem per event": every activity event puts its
-contact item under `attribute_not_exists` (a `Status Renamed` puts one per contact of its column), every
-`Subscription Changed` puts one item, and nothing is read, batched or cached. The close then counts each
-account-period's contact items with a `Select=COUNT` Query, reads the account's subscriptions with a Query,
-and puts one invoice where there is overusage. Its keys follow today's layout (`{account}#{period}` /
-`contact#{id}`, `{account}#subscriptions`, `invoice`), so the default classifier names its paths too.
+The naive design is "one invocation and one conditional PutItem per event": every activity event puts the
+contact item of each contact it names under `attribute_not_exists` (a `Status Renamed` one per contact of
+its column, a failed condition charged like any write), every `Subscription Changed` puts its change, and
+nothing is read, batched or cached. The close then counts each account-period's contact items (a consistent
+`Select=COUNT` Query), reads the account's subscription history, and puts one invoice where there is
+overusage. It writes through the production store (`metering.store`), so its items, keys and sizes are those
+of the real design and the capacity meter names its paths the same way.
 
 Time zones and the set of account-periods are kept in memory: the naive design pays for no read to learn
-them, which only makes it cheaper than it could be.
+them, and publishes nothing, which only makes it cheaper than it could be.
 """
 
 from __future__ import annotations
@@ -21,33 +22,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
+from typing import Any
 
 import boto3
-from botocore.exceptions import ClientError
+from metering.events import CRM_EVENT, StatusRenamed, SubscriptionChanged
+from metering.model import Activation, Invoice, PeriodRef
+from metering.placement import subscription_of
+from metering.rules import History, Subscription, invoice_lines, utc_iso
+from metering.store import MeteringStore
+from pydantic import ValidationError
+
+from metering_tools.capacity import CapacityMeter, Classifier, moto_partition_queries
 from metering_tools.provisioning import load_template, table_definition
-from metering.rules import OVERUSAGE_UNIT_CENTS, PLANS
-
-from metering_tools.capacity import (
-    MOTO_ACCOUNT,
-    CapacityMeter,
-    Classifier,
-    KeyCondition,
-    MotoTables,
-    classify_today,
-)
-
-if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
 
 REGION = "eu-central-1"
-CONTACT_PREFIX = "contact#"
-SUBSCRIPTIONS_SUFFIX = "#subscriptions"
-INVOICE_SK = "invoice"
-SUBSCRIPTION_CHANGED = "Subscription Changed"
-STATUS_RENAMED = "Status Renamed"
-PLANS_BY_NAME = {str(name): plan for name, plan in PLANS.items()}
+CLOSED_AT = datetime(2026, 11, 2, tzinfo=UTC)
+"""When the naive close runs and issues its invoices (the regimes' final close)."""
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -56,153 +46,69 @@ FAKE_CREDENTIALS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class _Subscription:
-    effective_at: datetime
-    timezone: str | None
-
-
 @dataclass(slots=True)
 class NaiveRecorder:
     """One invocation per event, one conditional PutItem per contact it names."""
 
-    table_name: str
-    client: DynamoDBClient
+    store: MeteringStore
     objects_dir: Path | None = None
     default_timezone: str = "UTC"
     invocations: int = 0
     activations: int = 0
     invoices: int = 0
-    _subscriptions: dict[str, list[_Subscription]] = field(default_factory=dict)
-    _periods: set[tuple[str, str]] = field(default_factory=set)
+    invalid: int = 0
+    _histories: dict[str, list[Subscription]] = field(default_factory=dict)
+    _periods: set[PeriodRef] = field(default_factory=set)
 
     def record(self, body: str) -> None:
-        """One Lambda invocation for one envelope (the naive design has no batches)."""
+        """One Lambda invocation for one envelope (the naive design has no batches). An invalid envelope is
+        skipped: the naive design's rejections are not what is compared."""
         self.invocations += 1
-        envelope = json.loads(body)
-        detail: dict[str, Any] = envelope["detail"]
-        account_id = str(detail["accountId"])
-        occurred_at = datetime.fromisoformat(detail["occurredAt"])
-        if envelope["detail-type"] == SUBSCRIPTION_CHANGED:
-            self._subscribe(envelope["id"], account_id, occurred_at, detail)
+        try:
+            event = CRM_EVENT.validate_json(body)
+        except (ValidationError, ValueError):
+            self.invalid += 1
             return
-        if envelope["detail-type"] == STATUS_RENAMED:
-            inline = "contactIds" in detail
-            contact_ids = (
-                detail["contactIds"] if inline else self._claim_checked(detail["contactIdsObject"]["key"])
-            )
-        else:
-            contact_ids = [detail["contactId"]]
-        period = occurred_at.astimezone(self._zone(account_id, occurred_at)).strftime("%Y-%m")
-        self._periods.add((account_id, period))
-        for contact_id in contact_ids:
-            self._activate(account_id, period, str(contact_id), envelope["id"])
+        if isinstance(event, SubscriptionChanged):
+            change = subscription_of(event)
+            self.store.subscriptions.save([change])
+            self._histories.setdefault(change.account_id, []).append(change)
+            return
+        history = History.of(self._histories.get(event.account_id, []), self.default_timezone)
+        ref = PeriodRef(event.account_id, history.place(event.occurred_at))
+        self._periods.add(ref)
+        activated = self.store.contacts.activate(
+            [
+                Activation(ref, contact_id, event.id, event.detail_type, event.occurred_at)
+                for contact_id in self._contacts_of(event)
+            ]
+        )
+        self.activations += len(activated.inserted)
 
-    def close(self) -> None:
-        """Per account-period: count its contacts (Query, Select=COUNT), read the account's subscriptions
-        (Query), and put an invoice when the count exceeds the allowance."""
-        for account_id, period in sorted(self._periods):
-            active = self._count(account_id, period)
-            allowance = self._allowance(account_id, period)
-            if allowance is not None and active > allowance:
-                self.client.put_item(
-                    TableName=self.table_name,
-                    Item={
-                        "pk": {"S": f"{account_id}#{period}"},
-                        "sk": {"S": INVOICE_SK},
-                        "activeContacts": {"N": str(active)},
-                        "allowance": {"N": str(allowance)},
-                        "amountCents": {"N": str((active - allowance) * OVERUSAGE_UNIT_CENTS)},
-                    },
-                    ConditionExpression="attribute_not_exists(pk)",
-                )
+    def close(self, issued_at: str) -> None:
+        """Per account-period: count its contacts, read the account's subscriptions, and put an invoice when
+        the count exceeds the allowance of a billed plan."""
+        for ref in sorted(self._periods, key=lambda ref: (ref.account_id, ref.period)):
+            active = self.store.contacts.count(ref, consistent=True)
+            history = History.of(self.store.subscriptions.history(ref.account_id), self.default_timezone)
+            subscription = history.billing_subscription(ref.period)
+            if subscription is None or not subscription.billed:
+                continue
+            lines = invoice_lines(subscription, active)
+            if lines.overusage_contacts:
+                self.store.invoices.save(Invoice(ref, lines, issued_at=issued_at))
                 self.invoices += 1
 
-    def _activate(self, account_id: str, period: str, contact_id: str, event_id: str) -> None:
-        try:
-            self.client.put_item(
-                TableName=self.table_name,
-                Item={
-                    "pk": {"S": f"{account_id}#{period}"},
-                    "sk": {"S": CONTACT_PREFIX + contact_id},
-                    "eventId": {"S": event_id},
-                },
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise
-            return
-        self.activations += 1
-
-    def _subscribe(
-        self, event_id: str, account_id: str, effective_at: datetime, detail: dict[str, Any]
-    ) -> None:
-        timezone = detail.get("timezone")
-        self.client.put_item(
-            TableName=self.table_name,
-            Item={
-                "pk": {"S": account_id + SUBSCRIPTIONS_SUFFIX},
-                "sk": {"S": f"{_utc_text(effective_at)}#{event_id}"},
-                "plan": {"S": str(detail["plan"])},
-                "addonContacts": {"N": str(detail["addonContacts"])},
-                **({"timezone": {"S": str(timezone)}} if timezone else {}),
-            },
-        )
-        self._subscriptions.setdefault(account_id, []).append(_Subscription(effective_at, timezone))
-
-    def _zone(self, account_id: str, instant: datetime) -> ZoneInfo:
-        effective = [sub for sub in self._subscriptions.get(account_id, []) if sub.effective_at <= instant]
-        latest = max(effective, key=lambda sub: sub.effective_at, default=None)
-        return ZoneInfo((latest.timezone if latest else None) or self.default_timezone)
-
-    def _claim_checked(self, key: str) -> list[str]:
-        if self.objects_dir is None:
-            return []
-        return (self.objects_dir / key).read_text(encoding="utf-8").split()
-
-    def _count(self, account_id: str, period: str) -> int:
-        paginator = self.client.get_paginator("query")
-        return sum(
-            page["Count"]
-            for page in paginator.paginate(
-                TableName=self.table_name,
-                KeyConditionExpression="pk = :pk AND begins_with(sk, :contact)",
-                ExpressionAttributeValues={
-                    ":pk": {"S": f"{account_id}#{period}"},
-                    ":contact": {"S": CONTACT_PREFIX},
-                },
-                Select="COUNT",
-            )
-        )
-
-    def _allowance(self, account_id: str, period: str) -> int | None:
-        """Included contacts plus add-ons of the subscription in effect at the period's end; None when the
-        account has none or a plan that is not billed."""
-        items = self.client.query(
-            TableName=self.table_name,
-            KeyConditionExpression="pk = :pk",
-            ExpressionAttributeValues={":pk": {"S": account_id + SUBSCRIPTIONS_SUFFIX}},
-        )["Items"]
-        end = _utc_text(self._period_end(account_id, period))
-        in_effect = [item for item in items if item["sk"]["S"].split("#")[0] < end]
-        if not in_effect:
-            return None
-        latest = max(in_effect, key=lambda item: item["sk"]["S"])
-        plan = PLANS_BY_NAME[latest["plan"]["S"]]
-        return plan.included_contacts + int(latest["addonContacts"]["N"]) if plan.billed else None
-
-    def _period_end(self, account_id: str, period: str) -> datetime:
-        """Midnight starting the next month, in the zone the account has then."""
-        year, month = map(int, period.split("-"))
-        next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
-        zone = self._zone(account_id, datetime(next_year, next_month, 1, tzinfo=UTC))
-        return datetime(next_year, next_month, 1, tzinfo=zone)
-
-
-def _utc_text(instant: datetime) -> str:
-    """Fixed-width UTC text, which sorts as the instants do."""
-    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    def _contacts_of(self, event: Any) -> tuple[str, ...]:
+        if not isinstance(event, StatusRenamed):
+            return (str(event.detail.contact_id),)
+        if event.detail.contact_ids is not None:
+            return tuple(event.detail.contact_ids)
+        claim = event.detail.contact_ids_object
+        if claim is None or self.objects_dir is None:
+            return ()
+        path = self.objects_dir / claim.key
+        return tuple(path.read_text(encoding="utf-8").split()) if path.is_file() else ()
 
 
 class _Answered:
@@ -213,41 +119,31 @@ class _Answered:
         self.headers: dict[str, str] = {}
 
 
-class MotoShortcut:
-    """Answers the naive recorder's PutItem and Query calls from embedded moto's backend at botocore's
-    `before-call`, once the request is built and before it would be sent. moto's HTTP layer costs several
-    times the write itself, and its Query sorts the whole table on every call, which makes a close of
-    thousands of account-periods take hours. Puts still go through moto's own `put_item` (its conditions,
-    its storage); a Query is answered from its partition. Everything else goes to moto as usual, and the
-    capacity meter sees every call, answer included, as it would otherwise."""
+class PutShortcut:
+    """Answers the naive recorder's PutItem calls from embedded moto's backend at botocore's `before-call`,
+    once the request is built and before it would be sent: moto's HTTP layer costs several times the write
+    itself, and the naive design makes one per event. The put is still moto's own (`put_item`, with its
+    condition and `ReturnValuesOnConditionCheckFailure`); the capacity meter sees the call and its answer as
+    it would otherwise. Every other call goes to moto as usual."""
 
-    def __init__(self, account_id: str = MOTO_ACCOUNT, region: str = REGION) -> None:
-        from moto.dynamodb.models import dynamodb_backends  # noqa: PLC0415 - moto is a development dependency
+    def __init__(self, region: str = REGION) -> None:
+        from moto.core.models import DEFAULT_ACCOUNT_ID  # noqa: PLC0415 - moto is a development dependency
+        from moto.dynamodb.models import dynamodb_backends  # noqa: PLC0415
 
-        self._backend = dynamodb_backends[account_id][region]
-        self._tables = MotoTables(account_id, region)
+        self._backend = dynamodb_backends[DEFAULT_ACCOUNT_ID][region]
 
     def attach(self, client: Any) -> None:
-        client.meta.events.register("before-parameter-build.dynamodb", self._remember)
-        client.meta.events.register("before-call.dynamodb", self._answer)
+        client.meta.events.register("before-parameter-build.dynamodb.PutItem", self._remember)
+        client.meta.events.register("before-call.dynamodb.PutItem", self._answer)
 
     @staticmethod
     def _remember(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-        context["naive-params"] = params
+        context["naive-put"] = params
 
-    def _answer(
-        self, model: Any, context: dict[str, Any], **_: Any
-    ) -> tuple[_Answered, dict[str, Any]] | None:
-        params: dict[str, Any] = context.pop("naive-params", {})
-        if model.name == "PutItem":
-            return self._put(params)
-        if model.name == "Query" and not params.get("IndexName"):
-            return self._query(params)
-        return None
-
-    def _put(self, params: dict[str, Any]) -> tuple[_Answered, dict[str, Any]]:
+    def _answer(self, context: dict[str, Any], **_: Any) -> tuple[_Answered, dict[str, Any]]:
         from moto.dynamodb.exceptions import ConditionalCheckFailed  # noqa: PLC0415
 
+        params: dict[str, Any] = context.pop("naive-put")
         condition = params.get("ConditionExpression")
         try:
             self._backend.put_item(
@@ -257,28 +153,16 @@ class MotoShortcut:
                 expression_attribute_names=params.get("ExpressionAttributeNames"),
                 expression_attribute_values=params.get("ExpressionAttributeValues"),
                 overwrite=condition is None,
+                return_values_on_condition_check_failure=params.get("ReturnValuesOnConditionCheckFailure"),
             )
-        except ConditionalCheckFailed:
+        except ConditionalCheckFailed as exc:
+            failure: dict[str, Any] = json.loads(exc.description)
             error = {"Code": "ConditionalCheckFailedException", "Message": "The conditional request failed"}
-            return _Answered(400), {"Error": error}
+            return _Answered(400), {
+                "Error": error,
+                **({"Item": failure["Item"]} if "Item" in failure else {}),
+            }
         return _Answered(200), {}
-
-    def _query(self, params: dict[str, Any]) -> tuple[_Answered, dict[str, Any]]:
-        table = params["TableName"]
-        schema = self._tables.schema(table)
-        condition = KeyCondition.parse(params, schema.hash_key)
-        items = sorted(
-            (
-                item
-                for item in self._tables.partition(table, condition.partition_value)
-                if condition.accepts(item)
-            ),
-            key=schema.key_of,
-        )
-        answer: dict[str, Any] = {"Count": len(items), "ScannedCount": len(items)}
-        if params.get("Select") != "COUNT":
-            answer["Items"] = items
-        return _Answered(200), answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,13 +178,14 @@ class NaiveRun:
 
 @contextlib.contextmanager
 def embedded_moto() -> Iterator[None]:
-    """Fake credentials and moto's in-process AWS, restored afterwards."""
+    """Fake credentials and moto's in-process AWS (its Query answered from the queried partition), restored
+    afterwards."""
     from moto import mock_aws  # noqa: PLC0415 - moto is a development dependency
 
     saved = {name: os.environ.get(name) for name in FAKE_CREDENTIALS}
     os.environ.update(FAKE_CREDENTIALS)
     try:
-        with mock_aws():
+        with mock_aws(), moto_partition_queries():
             yield
     finally:
         for name, value in saved.items():
@@ -311,7 +196,11 @@ def embedded_moto() -> Iterator[None]:
 
 
 def replay_naive(
-    events_path: Path, *, classify: Classifier = classify_today, default_timezone: str = "UTC"
+    events_path: Path,
+    *,
+    classify: Classifier | None = None,
+    default_timezone: str = "UTC",
+    issued_at: datetime = CLOSED_AT,
 ) -> NaiveRun:
     """Record every envelope of `events_path` (claim-check objects from `<events>.objects/`) with the naive
     recorder on a fresh table built from template.yaml on embedded moto, close every period, and return
@@ -320,15 +209,19 @@ def replay_naive(
         table_name = f"metering-naive-{uuid.uuid4().hex[:8]}"
         client = boto3.client("dynamodb", region_name=REGION)
         client.create_table(**table_definition(load_template(), table_name))
-        meter = CapacityMeter(classify)
+        meter = CapacityMeter(classify) if classify is not None else CapacityMeter()
         meter.attach(client)
-        MotoShortcut().attach(client)
-        recorder = NaiveRecorder(table_name, client, events_path.with_suffix(".objects"), default_timezone)
+        PutShortcut().attach(client)
+        recorder = NaiveRecorder(
+            MeteringStore(table_name, client, write_concurrency=1),
+            events_path.with_suffix(".objects"),
+            default_timezone,
+        )
         events = 0
         with events_path.open(encoding="utf-8") as stream:
             for line in stream:
                 if line.strip():
                     events += 1
                     recorder.record(line)
-        recorder.close()
+        recorder.close(utc_iso(issued_at))
         return NaiveRun(events, recorder.invocations, recorder.activations, recorder.invoices, meter.stats())

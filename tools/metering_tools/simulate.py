@@ -28,15 +28,22 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from botocore.exceptions import ReadTimeoutError
-from metering_tools.reports import read_report
-from pydantic import ValidationError
-
 from metering import aws
 from metering.events import CRM_EVENT, SubscriptionChanged
 from metering.model import StoreUnavailable
 from metering.placement import subscription_of
-from metering_tools.provisioning import REPO_ROOT, LocalStack, load_template, provision, tear_down, template_default
 from metering.rules import History, Subscription, utc_iso
+from pydantic import ValidationError
+
+from metering_tools.provisioning import (
+    REPO_ROOT,
+    LocalStack,
+    load_template,
+    provision,
+    tear_down,
+    template_default,
+)
+from metering_tools.reports import read_report
 
 FUNCTIONS_DIR = REPO_ROOT / "functions"
 FUNCTION_MODULES = {
