@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from metering.events import (
+    MAX_ADDON_CONTACTS,
     ContactCreated,
     ContactPropertyChanged,
     ContactStatusChanged,
@@ -103,6 +104,20 @@ def test_subscription_changed_carries_plan_cycle_addons_and_timezone() -> None:
         100,
         "America/New_York",
     )
+
+
+def test_addon_contacts_are_accepted_up_to_the_documented_bound_and_rejected_beyond_it() -> None:
+    # Given add-on purchases of one billion contacts (the bound of the contract) and one more
+    at_bound = load_event("subscription_changed.json", detail={"addonContacts": MAX_ADDON_CONTACTS})
+    beyond = load_event("subscription_changed.json", detail={"addonContacts": MAX_ADDON_CONTACTS + 1})
+    # When parsed
+    accepted = parse(at_bound)
+    refused = rejected(beyond)
+    # Then the bound is far beyond any real purchase and only what exceeds it is rejected, naming the field
+    assert MAX_ADDON_CONTACTS >= 10**9
+    assert isinstance(accepted, SubscriptionChanged)
+    assert accepted.detail.addon_contacts == MAX_ADDON_CONTACTS
+    assert "addonContacts" in refused.reason
 
 
 def test_status_renamed_accepts_exactly_one_thousand_inline_contacts() -> None:
