@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from metering.events import DETAIL_TYPES
+from metering.store.codec import EXPIRES
 from metering_tools.provisioning import REPO_ROOT, load_template
 
 TEMPLATE = load_template()
@@ -400,7 +401,8 @@ def test_the_table_is_on_demand_recoverable_encrypted_expiring_and_has_no_index(
     assert props["BillingMode"] == "PAY_PER_REQUEST"
     assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert props["SSESpecification"]["SSEEnabled"] is True
-    assert props["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
+    # the attribute the store writes the expiry to (one letter: the period count reads contact items)
+    assert props["TimeToLiveSpecification"] == {"AttributeName": EXPIRES, "Enabled": True}
     retained_in_prod_only = {"If": ["KeepData", "Retain", "Delete"]}  # per stage: tests/infra/test_deploy.py
     assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == (retained_in_prod_only,) * 2
     # an index would double every contact write it projects; the close job reads the subscription shards

@@ -232,7 +232,6 @@ REF = PeriodRef("acc-1", "2026-10")
     ("item_key", "path"),
     [
         (keys.contact_key(REF, "c-1"), "contact"),
-        (keys.tally_key(REF), "tally"),
         (keys.alerts_key(REF), "alerts"),
         (keys.late_key(REF, "e-1"), "late"),
         (keys.invoice_key(REF), "invoice"),

@@ -50,8 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--account", required=True)
 
     invoices = commands.add_parser("invoices", help="the invoices stored for a period, with their amounts")
-    _stack_options(invoices)
+    invoices.add_argument("--table", required=True, help="the metering table (stack output TableName)")
     invoices.add_argument("--period", required=True, help="YYYY-MM")
+    invoices.add_argument("--account", help="only this account's invoice")
+    invoices.add_argument("--endpoint-url", help="a DynamoDB endpoint (DynamoDB Local, moto)")
+    invoices.add_argument("--format", choices=("json", "table"), default="json")
 
     rejected = commands.add_parser("rejected", help="list or replay rejected events")
     rejected.add_argument("action", choices=("list", "replay"))
@@ -71,7 +74,9 @@ def _stack_options(command: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in {"explain", "rejected", "usage", "invoices"}:
+    if args.command == "invoices":
+        return _invoices(args)
+    if args.command in {"explain", "rejected", "usage"}:
         return _operate(args)
     if args.command == "simulate":
         from metering_tools.simulate import SimulationOptions, simulate  # noqa: PLC0415 - keeps --help fast
@@ -114,8 +119,6 @@ def _operate(args: argparse.Namespace) -> int:
     elif args.command == "explain":
         grace = timedelta(hours=args.grace_hours)
         output = operations.explain(store, PeriodRef(args.account, args.period), args.default_timezone, grace)
-    elif args.command == "invoices":
-        output = list(operations.invoices(store, args.period))
     elif args.action == "list":
         output = operations.list_rejected(store, args.month)
     else:
@@ -126,6 +129,20 @@ def _operate(args: argparse.Namespace) -> int:
         output = {"replayed": args.event_id}
     json.dump(output, sys.stdout, indent=2)
     sys.stdout.write("\n")
+    return 0
+
+
+def _invoices(args: argparse.Namespace) -> int:
+    """The invoices stored for a period, sorted by account, as JSON or a table."""
+    from metering_tools import operations  # noqa: PLC0415 - keeps --help fast
+
+    store = operations.open_store(args.table, args.endpoint_url)
+    rows = list(operations.invoices(store, args.period, args.account))
+    if args.format == "table":
+        operations.print_invoices(rows)
+    else:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
     return 0
 
 

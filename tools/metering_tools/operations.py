@@ -3,16 +3,21 @@ list and replay rejected events. Credentials and region come from the usual AWS 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import boto3
 from metering import gateways
+from metering.aws import CLIENT_CONFIG
 from metering.model import CloseState, Invoice, PeriodRef
 from metering.rules import History, addon_cost_cents, invoice_lines
 from metering.store import MeteringStore
 from metering.store.closing import decode_invoice
 from metering.store.keys import invoice_key
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def explain(store: MeteringStore, ref: PeriodRef, default_timezone: str, grace: timedelta) -> dict[str, Any]:
@@ -66,24 +71,70 @@ def current_usage(
     }
 
 
-def invoices(store: MeteringStore, period: str) -> Iterator[dict[str, Any]]:
-    """The invoices stored for a period, by account. Only accounts with a subscription can have one, so it
-    reads the subscription shards and then each such account's invoice key (never the contacts)."""
-    accounts = sorted(
-        {
-            change.account_id
-            for shard in store.subscriptions.shards()
-            for page in store.subscriptions.shard_pages(shard, None)
-            for change in page
-        }
+def open_store(table_name: str, endpoint_url: str | None = None) -> MeteringStore:
+    """The table on AWS (credentials and region from the usual environment), or at `endpoint_url` (DynamoDB
+    Local, a moto server)."""
+    if endpoint_url is None:
+        return MeteringStore(table_name)
+    client = boto3.client("dynamodb", endpoint_url=endpoint_url, config=CLIENT_CONFIG)
+    return MeteringStore(table_name, client)
+
+
+def invoices(store: MeteringStore, period: str, account_id: str | None = None) -> Iterator[dict[str, Any]]:
+    """The invoices stored for a period (or one account's), sorted by account. Only accounts with a
+    subscription can have one, so without an account it reads the subscription shards and then each such
+    account's invoice key (never the contacts)."""
+    accounts = (
+        [account_id]
+        if account_id is not None
+        else sorted(
+            {
+                change.account_id
+                for shard in store.subscriptions.shards()
+                for page in store.subscriptions.shard_pages(shard, None)
+                for change in page
+            }
+        )
     )
     found = store.table.batch_get(invoice_key(PeriodRef(account, period)) for account in accounts)
     for invoice in sorted(map(decode_invoice, found), key=lambda i: i.ref.account_id):
         yield _invoice_row(invoice)
 
 
+def euros(cents: int) -> str:
+    """Integer cents as a euro amount with two decimals (`325` -> `3.25`), in integer arithmetic only."""
+    sign = "-" if cents < 0 else ""
+    whole, rest = divmod(abs(cents), 100)
+    return f"{sign}{whole}.{rest:02d}"
+
+
 def _invoice_row(invoice: Invoice) -> dict[str, Any]:
-    return {key: value for key, value in invoice.as_detail().items() if key != "invoiceId"}
+    row = {key: value for key, value in invoice.as_detail().items() if key != "invoiceId"}
+    return {**row, "amountEur": euros(invoice.lines.amount_cents)}
+
+
+def print_invoices(rows: Iterable[dict[str, Any]], console: Console | None = None) -> None:
+    """`metering invoices --format table`: one line per invoice, amounts in cents and in euros."""
+    from rich.console import Console  # noqa: PLC0415 - rich only for tables
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title="Overusage invoices")
+    numeric = ("allowance", "active", "over", "cents", "EUR")
+    for column in ("account", "period", "plan", "cycle", *numeric):
+        table.add_column(column, justify="right" if column in numeric else "left")
+    for row in rows:
+        table.add_row(
+            row["accountId"],
+            row["period"],
+            row["plan"],
+            row["billingCycle"],
+            str(row["allowance"]),
+            str(row["activeContacts"]),
+            str(row["overusageContacts"]),
+            str(row["amountCents"]),
+            row["amountEur"],
+        )
+    (console or Console(width=max(Console().width, 120))).print(table)
 
 
 def list_rejected(store: MeteringStore, month: str) -> list[dict[str, str]]:

@@ -25,7 +25,14 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from metering import gateways
 from metering.fields import Id
-from metering.model import CloseState, Invoice, PeriodRef, PublicationLease, StoreUnavailable
+from metering.model import (
+    CloseState,
+    Invoice,
+    PeriodRef,
+    PublicationLease,
+    ServiceMisconfigured,
+    StoreUnavailable,
+)
 from metering.rules import History, Subscription, earliest_close, invoice_lines, latest_close, utc_iso
 
 if TYPE_CHECKING:
@@ -35,6 +42,9 @@ if TYPE_CHECKING:
 INVOICE_DETAIL_TYPE = "Overusage Invoice Issued"
 HANDOVER_MARGIN_SECONDS = 30.0
 """A run stops taking new pages this long before its deadline, to save its cursor and hand over."""
+SEND_CHUNK = 100
+"""Close requests held before they are sent: memory stays bounded whatever a shard holds. A request sent
+again after a crash, before the cursor moved past it, is idempotent."""
 FENCE_MARGIN_SECONDS = 15.0
 """Added to the recording function's timeout: a write sent just before an invocation ends still lands, and
 the clocks of two hosts may differ by a little."""
@@ -191,6 +201,9 @@ def _enumerate(
                         account_id=account_id, period=state.period, as_of=current.through
                     ).model_dump_json(by_alias=True)
                 )
+            if len(requests) >= SEND_CHUNK:
+                _send(settings, requests, result)
+                requests = []
             if remaining_seconds() < HANDOVER_MARGIN_SECONDS:
                 _send(settings, requests, result)
                 stopped_at = replace(current, shard=shard, account=account_id)
@@ -273,4 +286,8 @@ def publish_once(invoice: Invoice, store: MeteringStore, settings: InvoiceSettin
     except StoreUnavailable as exc:
         store.invoices.release_publication(invoice.ref, now)
         raise InvoicePublishFailed(invoice.invoice_id) from exc
+    except ServiceMisconfigured:
+        # the redelivery after the fix publishes at once instead of waiting for the lease to expire
+        store.invoices.release_publication(invoice.ref, now)
+        raise
     store.invoices.mark_published(invoice.ref, now)

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, HTTPClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
+)
 
 from metering.model import ServiceMisconfigured, StoreUnavailable
 
 RETRYABLE_CODES = frozenset(
     {
         "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "Throttling",
-        "ThrottledException",
         "RequestLimitExceeded",
-        "RequestThrottled",
-        "RequestThrottledException",
+        "LimitExceededException",
+        "BandwidthLimitExceeded",
         "TooManyRequestsException",
         "SlowDown",
+        "PriorRequestNotComplete",
+        "TransactionInProgressException",
         "InternalServerError",
         "InternalError",
         "InternalFailure",
@@ -24,11 +29,14 @@ RETRYABLE_CODES = frozenset(
         "ServiceUnavailableException",
         "RequestTimeout",
         "RequestTimeoutException",
-        "TransactionInProgressException",
-        "KMSThrottlingException",
     }
 )
-"""Codes a later retry can succeed with (throttling, server faults); anything else the caller cannot fix."""
+"""Codes a later retry can succeed with (throttling, server faults, time-outs), besides every code that names
+throttling (`ThrottlingException`, `KMS.ThrottlingException`, SQS's `KmsThrottled`, ...); any other code is
+one the caller cannot fix by retrying."""
+
+TRANSIENT_BOTOCORE_ERRORS = (ConnectionError, HTTPClientError, IncompleteReadError)
+"""Network trouble: connection failures, time-outs, a response body cut short."""
 
 
 def error_code(exc: ClientError) -> str:
@@ -42,10 +50,10 @@ def classify(exc: ClientError | BotoCoreError, service: str, operation: str, res
     if isinstance(exc, ClientError):
         code = error_code(exc)
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code in RETRYABLE_CODES or status >= 500:
+        if code in RETRYABLE_CODES or "Throttl" in code or status == 429 or status >= 500:
             return StoreUnavailable(f"{service} {operation}: {code or status}")
         message = str(exc.response.get("Error", {}).get("Message", ""))
         return ServiceMisconfigured(service, operation, resource, code or str(status), message[:300])
-    if isinstance(exc, ConnectionError | HTTPClientError):
+    if isinstance(exc, TRANSIENT_BOTOCORE_ERRORS):
         return StoreUnavailable(f"{service} {operation} unreachable: {exc}")
     return ServiceMisconfigured(service, operation, resource, type(exc).__name__, str(exc)[:300])

@@ -90,8 +90,6 @@ class Contacts:
             int(page.get("Count", 0))
             for page in self._table.query(
                 KeyConditionExpression="pk = :pk AND begins_with(sk, :contact)",
-                FilterExpression="attribute_exists(#first)",
-                ExpressionAttributeNames={"#first": FIRST_EVENT},
                 ExpressionAttributeValues={":pk": s(period_pk(ref)), ":contact": s(CONTACT_PREFIX)},
                 Select="COUNT",
                 ConsistentRead=consistent,
@@ -102,8 +100,6 @@ class Contacts:
         """The active contacts of a period with the first event that made each active."""
         for page in self._table.query(
             KeyConditionExpression="pk = :pk AND begins_with(sk, :contact)",
-            FilterExpression="attribute_exists(#first)",
-            ExpressionAttributeNames={"#first": FIRST_EVENT},
             ExpressionAttributeValues={":pk": s(period_pk(ref)), ":contact": s(CONTACT_PREFIX)},
         ):
             for item in page.get("Items", []):

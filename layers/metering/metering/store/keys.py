@@ -3,7 +3,6 @@
 | item                | pk                          | sk                                  |
 |---------------------|-----------------------------|-------------------------------------|
 | active contact      | `{account}#{period}`        | `contact#{contactId}`               |
-| tally (large periods)| `{account}#{period}`       | `contact#` (sorts before every contact) |
 | usage alerts        | `{account}#{period}`        | `alerts`                            |
 | late event          | `{account}#{period}`        | `late#{eventId}`                    |
 | invoice             | `{account}#{period}`        | `invoice`                           |
@@ -25,7 +24,6 @@ from metering.model import PeriodRef
 from metering.rules import utc_iso
 
 CONTACT_PREFIX = "contact#"
-TALLY_SK = CONTACT_PREFIX
 ALERTS_SK = "alerts"
 INVOICE_SK = "invoice"
 LATE_PREFIX = "late#"
@@ -58,10 +56,6 @@ def ref_from_pk(pk: str) -> PeriodRef:
 
 def contact_key(ref: PeriodRef, contact_id: str) -> Key:
     return key(period_pk(ref), CONTACT_PREFIX + contact_id)
-
-
-def tally_key(ref: PeriodRef) -> Key:
-    return key(period_pk(ref), TALLY_SK)
 
 
 def alerts_key(ref: PeriodRef) -> Key:
@@ -113,8 +107,6 @@ def family(pk: str, sk: str) -> str:
         return "subscription"
     if pk.startswith(REJECTED_PREFIX):
         return "rejected"
-    if sk == TALLY_SK:
-        return "tally"
     if sk.startswith(CONTACT_PREFIX):
         return "contact"
     if sk.startswith(LATE_PREFIX):
