@@ -9,7 +9,7 @@ CHECKOV := .venv-checkov/bin/checkov
 export AWS_DEFAULT_REGION ?= eu-central-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup test test-fast lint build demo bench clean lock
+.PHONY: setup test test-fast lint build demo bench bench-large clean lock
 
 setup: $(INSTALLED)
 
@@ -59,9 +59,19 @@ build: setup
 demo: setup
 	$(BIN)/metering simulate events/sample-month.jsonl --now 2026-11-02T00:00:00Z --format table
 
+# Measures and prints, never asserts (docs/design.md, Cost). bench-large adds 10,000 accounts, the 100,000-contact
+# rename, the burst on one account and a close of 100,000 billed accounts (about an hour on 2 cores).
 bench: setup
 	$(BIN)/python scripts/bench_simulate.py
 	$(BIN)/python scripts/bench_import.py
+	$(BIN)/python scripts/bench_regimes.py --jobs 2
+	$(BIN)/python scripts/bench_close.py --accounts 10000
+
+bench-large: setup
+	$(BIN)/python scripts/bench_regimes.py --jobs 2 --large --only "10000 accounts"
+	$(BIN)/python scripts/bench_regimes.py --jobs 2 --large --only "hot rename"
+	$(BIN)/python scripts/bench_regimes.py --jobs 2 --large --only burst
+	$(BIN)/python scripts/bench_close.py --accounts 100000
 
 clean:
 	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache

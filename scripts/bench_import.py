@@ -12,17 +12,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+from metering_tools.provisioning import LocalStack, function_environment
+
 REPO = Path(__file__).resolve().parents[1]
 HANDLERS = ("record_activity", "close_periods", "invoice_account")
-ENVIRONMENT = {
-    "AWS_DEFAULT_REGION": "eu-central-1",
-    "TABLE_NAME": "metering-bench",
-    "FANOUT_QUEUE_URL": "https://sqs.eu-central-1.amazonaws.com/123456789012/fanout",
-    "CLOSE_QUEUE_URL": "https://sqs.eu-central-1.amazonaws.com/123456789012/close",
-    "EVENT_BUS_NAME": "metering-bench",
-    "POWERTOOLS_SERVICE_NAME": "metering",
-    "POWERTOOLS_METRICS_NAMESPACE": "Metering/bench",
-}
+QUEUES = "https://sqs.eu-central-1.amazonaws.com/123456789012"
+BENCH_STACK = LocalStack(
+    "metering-bench",
+    f"{QUEUES}/metering-bench-fanout",
+    f"{QUEUES}/metering-bench-close",
+    "metering-bench",
+    "",
+)
+ENVIRONMENT = {"AWS_DEFAULT_REGION": "eu-central-1", **function_environment(BENCH_STACK)}
+"""What the functions read at import, as the template sets it for a stack named like the bench's table."""
 TIMER = """
 import sys, time
 sys.path[:0] = {paths!r}

@@ -1,36 +1,44 @@
 """Hermetic test setup: fake credentials, region and the functions' settings are set here, before any test
 module (and so any handler) is imported; every end-to-end test gets its own moto stack built from
-`template.yaml` by `metering_tools.provisioning.provision`."""
+`template.yaml` by `metering_tools.provisioning.provision`, and runs each function as its template role.
+
+The functions' variables are the ones the template sets, resolved for a stand-in stack until a test
+provisions its own; only the settings below deviate from the template, each for its reason."""
 
 from __future__ import annotations
 
 import os
 
+from metering_tools.provisioning import LocalStack, function_environment, load_template
+from metering_tools.testkit import ACCOUNT, REGION
+
 from tests.aws_env import FAKE_AWS
 
-HERMETIC_ENVIRONMENT = {
-    **FAKE_AWS,
-    # the functions' settings (metering.settings); names of the stack's resources are set per test
-    "TABLE_NAME": "metering-unit",
-    "FANOUT_QUEUE_URL": "https://sqs.eu-central-1.amazonaws.com/123456789012/metering-unit-fanout",
-    "CLOSE_QUEUE_URL": "https://sqs.eu-central-1.amazonaws.com/123456789012/metering-unit-close",
-    "EVENT_BUS_NAME": "metering-unit",
-    "CLAIM_CHECK_BUCKET": "metering-unit-claim-checks",
-    "DEFAULT_TIMEZONE": "UTC",
-    "GRACE_HOURS": "6",
-    "ALERT_THRESHOLDS": "80,100",
-    "ATTEMPT_TIMEOUT_SECONDS": "60",
+TEMPLATE = load_template()
+TEST_SETTINGS = {
     # one invocation at a time: no recording can still be writing when a close counts (a test sets 60)
     "RECORDER_TIMEOUT_SECONDS": "0",
-    "USAGE_ALERT_TOPIC_ARN": "",  # optional SNS copy of usage alerts: off unless a test sets it
-    "POWERTOOLS_SERVICE_NAME": "metering",
+    "USAGE_ALERT_TOPIC_ARN": "",  # optional SNS copy of usage alerts: off unless a test creates the topic
     "POWERTOOLS_METRICS_NAMESPACE": "Metering/test",
     "POWERTOOLS_METRICS_DISABLED": "true",
     "POWERTOOLS_LOG_LEVEL": "ERROR",
     "POWERTOOLS_TRACE_DISABLED": "true",
 }
+_QUEUES = f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}"
+STAND_IN = LocalStack(
+    "metering-unit",
+    f"{_QUEUES}/metering-unit-fanout",
+    f"{_QUEUES}/metering-unit-close",
+    "metering-unit",
+    "metering-unit-claim-checks",
+)
+"""Names for the handler modules imported before a test provisions a stack (unit tests, collection)."""
+
+HERMETIC_ENVIRONMENT = {**FAKE_AWS, **function_environment(STAND_IN, TEMPLATE), **TEST_SETTINGS}
 os.environ.update(HERMETIC_ENVIRONMENT)
-for _variable in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
+for _variable in [name for name in os.environ if name.startswith("AWS_ENDPOINT_URL")]:
+    os.environ.pop(_variable)
+for _variable in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
     os.environ.pop(_variable, None)
 
 # ruff: noqa: E402 - the environment above must be in place before these imports
@@ -39,10 +47,12 @@ from collections.abc import Iterator
 
 import pytest
 from metering import aws
-from metering_tools.provisioning import LocalStack, provision
+from metering_tools.provisioning import provision
+from metering_tools.roles import FunctionIdentities, StackRoles, stack_roles
+from metering_tools.testkit import RoleGuard
 from moto import mock_aws
 
-from tests.harness import Handlers, Metering, add_capture_queue
+from tests.harness import Metering
 
 
 @pytest.fixture
@@ -52,14 +62,33 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalStack]:
     with mock_aws():
         aws.reset_clients()
         suffix = uuid.uuid4().hex[:10]
-        local = provision(f"metering-test-{suffix}", f"metering-claims-{suffix}")
-        for name, value in local.environment().items():
+        local = provision(f"metering-test-{suffix}", f"metering-claims-{suffix}", TEMPLATE)
+        for name, value in local.environment(TEMPLATE).items():
             monkeypatch.setenv(name, value)
         yield local
         aws.reset_clients()
 
 
 @pytest.fixture
-def metering(stack: LocalStack) -> Metering:
-    """The three functions, cold-started against `stack`, and a queue capturing what they publish."""
-    return Metering(stack, Handlers.cold_start(), add_capture_queue(stack))
+def roles(stack: LocalStack) -> StackRoles:
+    """Each function's role from the template, resolved for `stack`."""
+    return stack_roles(TEMPLATE, stack)
+
+
+@pytest.fixture
+def identities(roles: StackRoles, stack: LocalStack) -> Iterator[FunctionIdentities]:
+    """One identity per function, created before IAM authentication is turned on, then enforced."""
+    created = FunctionIdentities.create(
+        roles.policies, region=roles.resources.region, prefix=stack.table_name
+    )
+    with created.enforced():
+        yield created
+
+
+@pytest.fixture
+def metering(stack: LocalStack, roles: StackRoles, identities: FunctionIdentities) -> Iterator[Metering]:
+    """The three functions, cold-started against `stack`, each invoked as its template role with IAM
+    enforcement on for the whole test, and a queue capturing what they publish. At teardown it fails if a
+    function made a call its role does not grant."""
+    with Metering.running(stack, TEMPLATE, RoleGuard(roles, identities)) as running:
+        yield running

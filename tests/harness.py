@@ -1,40 +1,31 @@
-"""A local copy of the stack (moto) with the three functions loaded, driven the way AWS drives them."""
+"""A local copy of the stack (moto) with the three functions loaded, driven the way AWS drives them: each
+function invoked as the IAM role its `template.yaml` entry names (`testkit.RoleGuard`), with the template's
+batch sizes and timeouts."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
+from urllib.parse import unquote
 
 import boto3
+import pytest
+from botocore.awsrequest import AWSResponse
+from metering import aws
 from metering.model import AlertRecord, PeriodRef
 from metering.store import MeteringStore
 from metering.store.alerts import Alerts
 from metering.store.keys import ALERTS_SK, CONTACT_PREFIX, INVOICE_SK, REJECTED_PREFIX
 from metering_tools.provisioning import LocalStack
 from metering_tools.reports import read_report
+from metering_tools.roles import Handler
+from metering_tools.testkit import LocalFunction, RoleGuard, answered, local_functions, sqs_event, sqs_record
 
-from tests.helpers import ACCOUNT, REGION, FakeLambdaContext, failed_ids, load_handler, sqs_event, sqs_record
-
-FANOUT_BATCH_SIZE = 2  # template.yaml, RecordActivityFunction FanOut event
-CLOSE_BATCH_SIZE = 10  # template.yaml, InvoiceAccountFunction Close event
-
-
-@dataclass
-class Handlers:
-    """One "container" of each function: module globals (settings, store, caches) live as long as it does."""
-
-    record_activity: ModuleType
-    close_periods: ModuleType
-    invoice_account: ModuleType
-
-    @classmethod
-    def cold_start(cls) -> Handlers:
-        return cls(
-            load_handler("record_activity"), load_handler("close_periods"), load_handler("invoice_account")
-        )
+from tests.helpers import failed_ids
 
 
 @dataclass
@@ -42,11 +33,28 @@ class Metering:
     """The system under test: deliver events, run the close, and read what was stored and published."""
 
     stack: LocalStack
-    handlers: Handlers
+    guard: RoleGuard
+    functions: Mapping[str, LocalFunction]
     capture_queue_url: str
+    modules: dict[str, ModuleType] = field(default_factory=dict)
+    """One "container" of each function: module globals (settings, store, caches) live as long as it does."""
     published: list[dict[str, Any]] = field(default_factory=list)
     invisible_close_requests: list[str] = field(default_factory=list)
     """Receipt handles of close requests received and not deleted (failed, or lost by a killed run)."""
+
+    def __post_init__(self) -> None:
+        self.cold_start()
+
+    @classmethod
+    @contextmanager
+    def running(cls, stack: LocalStack, template: Mapping[str, Any], guard: RoleGuard) -> Iterator[Metering]:
+        """The functions cold-started against `stack`, each invoked as its role (IAM enforcement on: the
+        caller entered `guard.enforced()`), and a queue capturing what they publish. On exit it fails if a
+        function made a call its role does not grant (resource ARNs included): AWS would refuse it."""
+        yield cls(stack, guard, local_functions(stack, template), add_capture_queue(stack))
+        ungranted = guard.ungranted()
+        if ungranted:
+            pytest.fail("\n".join(found.describe() for found in ungranted), pytrace=False)
 
     @property
     def store(self) -> MeteringStore:
@@ -55,40 +63,60 @@ class Metering:
 
     def cold_start(self) -> None:
         """A new container for every function: empty in-memory caches, settings read again."""
-        self.handlers = Handlers.cold_start()
+        self.modules = {name: function.cold_start() for name, function in self.functions.items()}
+
+    def container(self, function: str) -> ModuleType:
+        """Another container of one function, beside the harness's own (two containers racing)."""
+        return self.functions[function].cold_start()
 
     # ---- driving the functions ----
 
+    def invoke(
+        self,
+        function: str,
+        event: Mapping[str, Any],
+        *,
+        container: ModuleType | None = None,
+        remaining_seconds: float | None = None,
+    ) -> dict[str, Any]:
+        """Invoke a function as Lambda does, as its role: in the harness's container unless another is
+        given, with its template timeout ahead unless `remaining_seconds` says less. Then `metering.aws`
+        forgets the function's clients: test code that runs next (the operator's commands) builds its own."""
+        module = container or self.modules[function]
+        context = self.functions[function].context(remaining_seconds)
+        try:
+            response: dict[str, Any] = self.guard.invoke(function, module.handler, dict(event), context)
+        finally:
+            aws.reset_clients()
+        return response
+
     def record(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """Invoke RecordActivity with one SQS batch; returns its partial-batch response."""
-        response: dict[str, Any] = self.handlers.record_activity.handler(
-            dict(event), FakeLambdaContext("record-activity")
-        )
-        return response
+        return self.invoke("RecordActivity", event)
 
     def record_events(self, events: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Deliver these envelopes as one batch; returns (the SQS event, the response)."""
-        batch = sqs_event(events)
+        batch = sqs_event(events, queue_arn=self._queue_arn("RecordActivity", "ActivityQueue"))
         return batch, self.record(batch)
 
     def drain_fanout(self) -> dict[str, Any]:
         """Feed the fan-out queue to RecordActivity in batches of the template's size until it is empty;
         returns every record delivered as one SQS event (for redelivering it later)."""
         delivered: list[dict[str, Any]] = []
-        while messages := self._receive(self.stack.fanout_queue_url, FANOUT_BATCH_SIZE):
-            batch = {"Records": [self._record_of(message, "fanout") for message in messages]}
+        arn = self._queue_arn("RecordActivity", "FanOutQueue")
+        while messages := self._receive(
+            self.stack.fanout_queue_url, self._batch_size("RecordActivity", "FanOutQueue")
+        ):
+            batch = {"Records": [sqs_record(m["Body"], m["MessageId"], queue_arn=arn) for m in messages]}
             response = self.record(batch)
             assert failed_ids(response) == [], response
             self._delete(self.stack.fanout_queue_url, messages)
             delivered += batch["Records"]
         return {"Records": delivered}
 
-    def schedule_closes(self, as_of: str) -> dict[str, Any]:
+    def schedule_closes(self, as_of: str, *, remaining_seconds: float | None = None) -> dict[str, Any]:
         """The hourly ClosePeriods run as the scheduler invokes it."""
-        response: dict[str, Any] = self.handlers.close_periods.handler(
-            {"scheduledTime": as_of}, FakeLambdaContext("close-periods")
-        )
-        return response
+        return self.invoke("ClosePeriods", {"scheduledTime": as_of}, remaining_seconds=remaining_seconds)
 
     def invoice_queued(self, limit: int | None = None) -> list[str]:
         """Drain the close queue into InvoiceAccount (at most `limit` requests; the rest are received and
@@ -96,18 +124,17 @@ class Metering:
         those, like the lost ones, stay on the queue (invisible) as SQS leaves them."""
         failures: list[str] = []
         handled = 0
-        while received := self._receive(self.stack.close_queue_url, CLOSE_BATCH_SIZE):
+        arn = self._queue_arn("InvoiceAccount", "CloseQueue")
+        batch_size = self._batch_size("InvoiceAccount", "CloseQueue")
+        while received := self._receive(self.stack.close_queue_url, batch_size):
             messages = received
             if limit is not None:
                 messages, handled = received[: max(0, limit - handled)], handled + len(received)
             self.invisible_close_requests += [m["ReceiptHandle"] for m in received[len(messages) :]]
             if not messages:
                 continue
-            batch = {"Records": [self._record_of(message, "close") for message in messages]}
-            response: dict[str, Any] = self.handlers.invoice_account.handler(
-                batch, FakeLambdaContext("invoice-account")
-            )
-            failed = failed_ids(response)
+            batch = {"Records": [sqs_record(m["Body"], m["MessageId"], queue_arn=arn) for m in messages]}
+            failed = failed_ids(self.invoke("InvoiceAccount", batch))
             failures += failed
             self.invisible_close_requests += [
                 m["ReceiptHandle"] for m in messages if m["MessageId"] in failed
@@ -127,16 +154,54 @@ class Metering:
 
     def invoice_requests(self, requests: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         """Invoke InvoiceAccount directly with close requests (as an operator or a stray message would)."""
-        arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{self.stack.table_name}-close"
-        response: dict[str, Any] = self.handlers.invoice_account.handler(
-            sqs_event(requests, queue_arn=arn), FakeLambdaContext("invoice-account")
-        )
-        return response
+        arn = self._queue_arn("InvoiceAccount", "CloseQueue")
+        return self.invoke("InvoiceAccount", sqs_event(requests, queue_arn=arn))
 
     def close(self, as_of: str) -> list[str]:
         """One full close run: ClosePeriods as of `as_of`, then every queued close request invoiced."""
         self.schedule_closes(as_of)
         return self.invoice_queued()
+
+    # ---- AWS answering otherwise (botocore hooks on the functions' sessions: each call is still made,
+    # so it is authorized and censused as on AWS) ----
+
+    def accept_hand_overs(self) -> list[tuple[str, dict[str, Any]]]:
+        """Lambda accepts ClosePeriods' asynchronous invocations of itself (202) without running them here;
+        returns the list each accepted (function, payload) is appended to."""
+        accepted: list[tuple[str, dict[str, Any]]] = []
+
+        def accept_for(function: str) -> Handler:
+            def accept(params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]]:
+                accepted.append((unquote(params["url_path"].split("/")[3]), json.loads(params["body"])))
+                return answered(202), {"StatusCode": 202}
+
+            return accept
+
+        self.guard.identities.register_per_function("before-call.lambda.Invoke", accept_for)
+        return accepted
+
+    def refuse_put_events(self, refuses: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+        """The bus fails every entry of the first PutEvents whose entries (`DetailType`, parsed `Detail`)
+        `refuses` picks, as EventBridge reports entries it could not take; returns the list those entries
+        are appended to."""
+        refused: list[dict[str, Any]] = []
+
+        def refuse_for(function: str) -> Handler:
+            def refuse(params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+                entries = [
+                    {**entry, "Detail": json.loads(entry["Detail"])}
+                    for entry in json.loads(params["body"])["Entries"]
+                ]
+                if refused or not refuses(entries):
+                    return None
+                refused.extend(entries)
+                failed = {"ErrorCode": "InternalFailure", "ErrorMessage": "refused by the test"}
+                return answered(200), {"FailedEntryCount": len(entries), "Entries": [failed] * len(entries)}
+
+            return refuse
+
+        self.guard.identities.register_per_function("before-call.eventbridge.PutEvents", refuse_for)
+        return refused
 
     # ---- reading the outcome ----
 
@@ -169,7 +234,7 @@ class Metering:
 
     def report(self) -> dict[str, list[dict[str, Any]]]:
         """Invoices, usage, alerts, rejected and late in the wire form of SPEC §4."""
-        environment = self.handlers.invoice_account.SETTINGS
+        environment = self.modules["InvoiceAccount"].SETTINGS
         return read_report(
             boto3.client("dynamodb"), self.stack.table_name, environment.default_timezone, environment.grace
         )
@@ -238,9 +303,11 @@ class Metering:
         for message in messages:
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
 
-    def _record_of(self, message: dict[str, Any], queue: str) -> dict[str, Any]:
-        arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{self.stack.table_name}-{queue}"
-        return sqs_record(message["Body"], message["MessageId"], queue_arn=arn)
+    def _queue_arn(self, function: str, queue: str) -> str:
+        return self.functions[function].queue_arns[queue]
+
+    def _batch_size(self, function: str, queue: str) -> int:
+        return self.functions[function].config.sources[queue].batch_size
 
 
 def add_capture_queue(stack: LocalStack) -> str:

@@ -1,22 +1,29 @@
-"""Test helpers: events from `tests/events/*.json`, SQS events for the handlers, a fake Lambda context."""
+"""Test helpers: events from `tests/events/*.json`, redeliveries and partial-batch responses, a moto server in
+a process of its own. The SQS events and the Lambda context the handlers get are `metering_tools.testkit`'s,
+shared with `simulate`."""
 
 from __future__ import annotations
 
 import copy
 import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from metering_tools.simulate import LambdaContext, cold_start
+import pytest
+from metering_tools import testkit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVENTS_DIR = Path(__file__).resolve().parent / "events"
-REGION = "eu-central-1"
-ACCOUNT = "123456789012"
-ACTIVITY_QUEUE_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:metering-test-activity"
 
 DELETE = object()
 """An override value that removes the field from the loaded event."""
@@ -149,43 +156,7 @@ def contact_ids(prefix: str, count: int, start: int = 1) -> list[str]:
     return [f"{prefix}-{number:04d}" for number in range(start, start + count)]
 
 
-# ---- SQS events and the Lambda context ----
-
-
-def sqs_record(
-    body: str | Mapping[str, Any],
-    message_id: str | None = None,
-    *,
-    receive_count: int = 1,
-    queue_arn: str = ACTIVITY_QUEUE_ARN,
-) -> dict[str, Any]:
-    """One SQS record as the Lambda event source mapping delivers it."""
-    text = body if isinstance(body, str) else json.dumps(body)
-    message_id = message_id or str(uuid.uuid4())
-    now_ms = str(int(datetime.now(UTC).timestamp() * 1000))
-    return {
-        "messageId": message_id,
-        "receiptHandle": f"handle-{message_id}",
-        "body": text,
-        "attributes": {
-            "ApproximateReceiveCount": str(receive_count),
-            "SentTimestamp": now_ms,
-            "SenderId": "AIDAEXAMPLE",
-            "ApproximateFirstReceiveTimestamp": now_ms,
-        },
-        "messageAttributes": {},
-        "md5OfBody": "",
-        "eventSource": "aws:sqs",
-        "eventSourceARN": queue_arn,
-        "awsRegion": REGION,
-    }
-
-
-def sqs_event(
-    bodies: Iterable[str | Mapping[str, Any]], *, queue_arn: str = ACTIVITY_QUEUE_ARN
-) -> dict[str, Any]:
-    """An SQS batch event with one record per body (each with a fresh message id)."""
-    return {"Records": [sqs_record(body, queue_arn=queue_arn) for body in bodies]}
+# ---- SQS redelivery ----
 
 
 def redelivery(event: Mapping[str, Any], message_ids: Iterable[str] | None = None) -> dict[str, Any]:
@@ -207,5 +178,78 @@ def failed_ids(response: Mapping[str, Any]) -> list[str]:
     return [item["itemIdentifier"] for item in response.get("batchItemFailures", [])]
 
 
-FakeLambdaContext = LambdaContext
-load_handler = cold_start
+# ---- a moto server of its own ----
+
+LOOPBACK = "127.0.0.1"
+MOTO_SERVER_SCRIPT = Path(__file__).resolve().parent / "concurrency" / "serial_moto_server.py"
+"""moto's server with DynamoDB requests applied one at a time, as DynamoDB applies the writes to one item."""
+START_ATTEMPTS = 3
+READY_POLLS = 100
+POLL_INTERVAL_SECONDS = 0.1
+POLL_TIMEOUT_SECONDS = 1.0
+STOP_TIMEOUT_SECONDS = 5.0
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Loopback only: never through a proxy the environment may name."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+def _answers(endpoint: str) -> bool:
+    try:
+        with _DIRECT.open(f"{endpoint}/moto-api/", timeout=POLL_TIMEOUT_SECONDS) as response:
+            return int(response.status) < 500
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+
+@contextmanager
+def moto_server_process(environment: Mapping[str, str]) -> Iterator[str]:
+    """A moto server (`MOTO_SERVER_SCRIPT`) in its own process, state and all, on a free loopback port: its
+    endpoint once it answers. Stopped at the end (terminate, then kill)."""
+    for _ in range(START_ATTEMPTS):
+        port = _free_port()
+        endpoint = f"http://{LOOPBACK}:{port}"
+        process = subprocess.Popen(
+            [sys.executable, str(MOTO_SERVER_SCRIPT), LOOPBACK, str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dict(environment),
+        )
+        try:
+            for _ in range(READY_POLLS):
+                if process.poll() is not None:
+                    break  # the port was taken between probing and binding: try another one
+                if _answers(endpoint):
+                    yield endpoint
+                    return
+                time.sleep(POLL_INTERVAL_SECONDS)
+        finally:
+            _stop(process)
+    pytest.fail(
+        f"{MOTO_SERVER_SCRIPT.name} did not answer after {START_ATTEMPTS} starts (needs moto[server])"
+    )
+
+
+# tests/concurrency/test_server_concurrency.py imports these from here; they are `testkit`'s
+ACCOUNT, REGION = testkit.ACCOUNT, testkit.REGION
+FakeLambdaContext, load_handler = testkit.LambdaContext, testkit.cold_start
+sqs_event, sqs_record = testkit.sqs_event, testkit.sqs_record

@@ -12,28 +12,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
-from types import ModuleType
 from typing import Any
 
 import boto3
 import pytest
-from metering import gateways
-from metering.model import StoreUnavailable
 from metering.observability import metrics
 from metering.store.alerts import Alerts
 from metering_tools.provisioning import LocalStack
+from metering_tools.testkit import sqs_event
 from moto.core.botocore_stubber import BotocoreStubber
 
 from tests.harness import Metering
 from tests.helpers import (
-    FakeLambdaContext,
     contact_event,
     contact_events,
     contact_ids,
     failed_ids,
-    load_handler,
     redelivery,
-    sqs_event,
     subscription_changed,
 )
 
@@ -64,12 +59,6 @@ def assert_one_alert_per_threshold(
     by_key = dict(zip(keys, published, strict=True))
     assert {key: alert["allowance"] for key, alert in by_key.items()} == stored_allowance
     return by_key
-
-
-def invoke(container: ModuleType, event: Mapping[str, Any]) -> dict[str, Any]:
-    """Invoke one RecordActivity container (a handler module loaded on its own) with an SQS batch."""
-    response: dict[str, Any] = container.handler(dict(event), FakeLambdaContext("record-activity"))
-    return response
 
 
 def race(*runs: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
@@ -199,7 +188,8 @@ def test_two_containers_racing_on_one_account_raise_each_alert_once_and_count_ex
     for account in accounts:
         metering.record_events(contact_events(account, contact_ids("con", 30), "2026-10-02T09:00:00Z"))
     # And two RecordActivity containers
-    left, right = load_handler("record_activity"), load_handler("record_activity")
+    left, right = metering.container("RecordActivity"), metering.container("RecordActivity")
+    invoke = partial(metering.invoke, "RecordActivity")
 
     for account in accounts:
         # When both get a batch for the account at the same instant: contacts 31-50 on the left, 41-60 on the
@@ -210,7 +200,9 @@ def test_two_containers_racing_on_one_account_raise_each_alert_once_and_count_ex
                 account, contact_ids("con", 20, 41), "2026-10-05T09:00:01Z", detail_type="Message Sent"
             )
         )
-        responses = race(partial(invoke, left, left_batch), partial(invoke, right, right_batch))
+        responses = race(
+            partial(invoke, left_batch, container=left), partial(invoke, right_batch, container=right)
+        )
 
         # Then both succeed, and the count equals the contact items: the 60 distinct contacts
         assert [failed_ids(response) for response in responses] == [[], []]
@@ -235,12 +227,15 @@ def test_the_same_batch_delivered_to_two_containers_at_once_alerts_once_after_th
     metering.record_events(contact_events("acc-twin", contact_ids("con", 35), "2026-10-02T09:00:00Z"))
     # When SQS hands the same 20 messages (contacts 36-55) to two containers at the same instant
     batch = sqs_event(contact_events("acc-twin", contact_ids("con", 20, 36), "2026-10-05T09:00:00Z"))
-    left, right = load_handler("record_activity"), load_handler("record_activity")
-    responses = race(lambda: invoke(left, batch), lambda: invoke(right, redelivery(batch)))
+    left, right = metering.container("RecordActivity"), metering.container("RecordActivity")
+    invoke = partial(metering.invoke, "RecordActivity")
+    responses = race(
+        partial(invoke, batch, container=left), partial(invoke, redelivery(batch), container=right)
+    )
     # And redelivers whatever either reported failed
     retried = {message_id for response in responses for message_id in failed_ids(response)}
     if retried:
-        assert failed_ids(invoke(left, redelivery(batch, retried))) == []
+        assert failed_ids(invoke(redelivery(batch, retried), container=left)) == []
 
     # Then no contact is lost or doubled
     assert metering.counts("acc-twin", OCTOBER) == (55, set(contact_ids("con", 55)))
@@ -254,7 +249,8 @@ def test_an_alert_being_published_by_one_container_is_not_published_again_by_ano
     # Given an account on start (allowance 50) with 39 active contacts, and two containers
     metering.record_events([subscription_changed("acc-inflight", "start", "2026-09-01T00:00:00Z")])
     metering.record_events(contact_events("acc-inflight", contact_ids("con", 39), "2026-10-02T09:00:00Z"))
-    first, second = load_handler("record_activity"), load_handler("record_activity")
+    first, second = metering.container("RecordActivity"), metering.container("RecordActivity")
+    invoke = partial(metering.invoke, "RecordActivity")
     # And the second container gets a batch of the same account (one more touch of a known contact) just
     # while the first one has claimed the 80 % alert and put it on the bus, but not yet marked it published
     real_mark = Alerts.mark_published
@@ -266,39 +262,32 @@ def test_an_alert_being_published_by_one_container_is_not_published_again_by_ano
     def second_batch_runs_now(self: Alerts, ref: Any, percents: Sequence[int]) -> None:
         if not interleaved:
             interleaved.append({})  # only the first container's mark is interleaved
-            interleaved[0] = invoke(second, touch)
+            interleaved[0] = invoke(touch, container=second)
         real_mark(self, ref, percents)
 
     monkeypatch.setattr(Alerts, "mark_published", second_batch_runs_now)
     # When the first container records the 40th contact
-    response = invoke(first, sqs_event([contact_event("acc-inflight", "con-0040", "2026-10-05T09:00:00Z")]))
+    response = invoke(
+        sqs_event([contact_event("acc-inflight", "con-0040", "2026-10-05T09:00:00Z")]), container=first
+    )
     # Then both succeed, and the 80 % alert was published once (customers read the e-mail copy as is)
     assert failed_ids(response) == failed_ids(interleaved[0]) == []
     assert [a["thresholdPercent"] for a in metering.events_published(USAGE_ALERT)] == [80]
 
 
 def test_an_alert_whose_publication_failed_is_published_once_after_its_claimer_is_over(
-    metering: Metering, monkeypatch: pytest.MonkeyPatch
+    metering: Metering,
 ) -> None:
     # Given an account on start (80 % at 40 contacts) with 39 active contacts, and a bus that refuses the
-    # first PutEvents
+    # entries of the next PutEvents
     metering.record_events([subscription_changed("acc-unpublished", "start", "2026-09-01T00:00:00Z")])
     metering.record_events(contact_events("acc-unpublished", contact_ids("con", 39), "2026-10-02T09:00:00Z"))
-    real_publish = gateways.publish
-    refused: list[str] = []
-
-    def refuse_once(bus_name: str, detail_type: str, details: Any) -> None:
-        if not refused:
-            refused.append(detail_type)
-            raise StoreUnavailable("EventBridge refused 1 entries")
-        real_publish(bus_name, detail_type, details)
-
-    monkeypatch.setattr(gateways, "publish", refuse_once)
+    refused = metering.refuse_put_events(lambda entries: True)
     # When the 40th contact is recorded: the alert is claimed, its publication fails, the record is retried
     batch, response = metering.record_events(
         [contact_event("acc-unpublished", "con-0040", "2026-10-05T09:00:00Z")]
     )
-    assert refused == [USAGE_ALERT]
+    assert [entry["DetailType"] for entry in refused] == [USAGE_ALERT]
     assert failed_ids(response) == [batch["Records"][0]["messageId"]]
     # And another container records a touch of the account while the claiming batch may still be running
     metering.cold_start()

@@ -3,14 +3,11 @@ and the subscription that decides the bill."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from metering import gateways
-from metering.model import StoreUnavailable
+from metering_tools.roles import Call
 
 from tests.harness import Metering
 from tests.helpers import (
@@ -122,29 +119,21 @@ def test_a_close_killed_after_some_invoices_is_finished_by_the_next_run_with_eac
 
 
 def test_a_close_whose_publication_fails_for_one_account_publishes_it_once_on_the_next_run(
-    metering: Metering, monkeypatch: pytest.MonkeyPatch
+    metering: Metering,
 ) -> None:
     # Given three accounts over the allowance of start
     for account_id in ("acc-a", "acc-b", "acc-c"):
         given_usage(metering, account_id, "start", 60)
     # And an event bus that refuses acc-b's invoice once
-    real_publish = gateways.publish
-    refused: list[str] = []
-
-    def refuse_once(bus_name: str, detail_type: str, details: Iterable[dict[str, Any]]) -> None:
-        details = list(details)
-        if not refused and any(detail.get("accountId") == "acc-b" for detail in details):
-            refused.append("acc-b")
-            raise StoreUnavailable("EventBridge PutEvents failed")
-        real_publish(bus_name, detail_type, details)
-
-    monkeypatch.setattr(gateways, "publish", refuse_once)
+    refused = metering.refuse_put_events(
+        lambda entries: any(entry["Detail"].get("accountId") == "acc-b" for entry in entries)
+    )
 
     # When the close runs
     failures = metering.close(CLOSE_DUE)
     # Then acc-b's close request is reported for retry; its invoice is stored but not yet published
     assert len(failures) == 1
-    assert refused == ["acc-b"]
+    assert [entry["Detail"]["accountId"] for entry in refused] == ["acc-b"]
     assert published_per_account(metering) == Counter({"acc-a": 1, "acc-c": 1})
     assert len(metering.invoice_items()) == 3
 
@@ -266,10 +255,9 @@ def test_the_close_waits_out_recordings_that_may_still_write_before_it_counts(
     given_usage(metering, "acc-fence", "start", 55)
     monkeypatch.setenv("RECORDER_TIMEOUT_SECONDS", "60")
     metering.cold_start()
-    handed_over: list[tuple[str, str]] = []
-    monkeypatch.setattr(gateways, "invoke_async", lambda arn, payload: handed_over.append((arn, payload)))
+    handed_over = metering.accept_hand_overs()
     # When the close runs at October's close instant with 60 s left before its deadline
-    run = metering.schedule_closes(CLOSE_DUE)
+    run = metering.schedule_closes(CLOSE_DUE, remaining_seconds=60)
     # And a close request for the account reaches InvoiceAccount at once
     early = metering.invoice_requests([{"accountId": "acc-fence", "period": OCTOBER, "asOf": CLOSE_DUE}])
     # And an in-grace October event is delivered after the seal
@@ -281,7 +269,10 @@ def test_the_close_waits_out_recordings_that_may_still_write_before_it_counts(
     assert failed_ids(late) == []
     assert [row["eventId"] for row in metering.report()["late"]] == [late_event_id(metering)]
     assert run == {"scheduledTime": "2026-11-01T06:00:00+00:00", "requestsSent": 0, "handedOver": True}
-    assert [json.loads(payload) for _, payload in handed_over] == [{"scheduledTime": CLOSE_DUE}]
+    close_periods = metering.functions["ClosePeriods"].function_arn
+    assert handed_over == [(close_periods, {"scheduledTime": CLOSE_DUE})]
+    # (invoking itself by its own ARN, which its role grants)
+    assert Call("lambda:InvokeFunction", close_periods) in metering.guard.census.calls("ClosePeriods")
     assert len(failed_ids(early)) == 1
     assert metering.report()["invoices"] == []
 

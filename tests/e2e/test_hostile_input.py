@@ -16,11 +16,12 @@ import pytest
 from metering import aws
 from metering_tools import cli
 from metering_tools.operations import list_rejected, replay_rejected
-from metering_tools.provisioning import LocalStack, provision
+from metering_tools.provisioning import LocalStack, load_template, provision
+from metering_tools.testkit import RoleGuard, sqs_event, sqs_record
 from moto import mock_aws
 
-from tests.harness import Handlers, Metering, add_capture_queue
-from tests.helpers import contact_event, failed_ids, redelivery, sqs_event, sqs_record
+from tests.harness import Metering
+from tests.helpers import contact_event, failed_ids, redelivery
 
 HOSTILE_DIR = Path(__file__).resolve().parents[1] / "hostile"
 BUCKET_PLACEHOLDER = "${CLAIM_CHECK_BUCKET}"
@@ -28,6 +29,7 @@ OCTOBER = "2026-10"
 OCCURRED_AT = "2026-10-05T10:00:00Z"
 MAX_REASON_LENGTH = 500
 BYSTANDERS = ("acc-valid-a", "acc-valid-b")
+TEMPLATE = load_template()
 
 
 @dataclass(frozen=True)
@@ -250,15 +252,18 @@ def test_the_cli_lists_rejections_as_json_and_replays_a_correction(
 
 @pytest.fixture(scope="module")
 def corpus_metering() -> Iterator[Metering]:
-    """One moto stack (built like `conftest.stack`) for every corpus case: provisioning one per case would
-    cost most of the run. Each case has its own bystander accounts and compares the table before and after."""
+    """One moto stack (built like `conftest.stack`, run like `conftest.metering`) for every corpus case:
+    provisioning one per case would cost most of the run. Each case has its own bystander accounts and
+    compares the table before and after."""
     with pytest.MonkeyPatch.context() as patch, mock_aws():
         aws.reset_clients()
         suffix = uuid.uuid4().hex[:10]
-        local = provision(f"metering-hostile-{suffix}", f"metering-hostile-claims-{suffix}")
-        for name, value in local.environment().items():
+        local = provision(f"metering-hostile-{suffix}", f"metering-hostile-claims-{suffix}", TEMPLATE)
+        for name, value in local.environment(TEMPLATE).items():
             patch.setenv(name, value)
-        yield Metering(local, Handlers.cold_start(), add_capture_queue(local))
+        guard = RoleGuard.install(TEMPLATE, local)
+        with guard.enforced(), Metering.running(local, TEMPLATE, guard) as running:
+            yield running
         aws.reset_clients()
 
 

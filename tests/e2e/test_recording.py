@@ -15,6 +15,7 @@ from metering.store.alerts import Alerts
 from metering.store.contacts import Contacts
 from metering.store.rejections import Rejections
 from metering_tools.provisioning import LocalStack
+from metering_tools.testkit import sqs_event, sqs_record
 
 from tests.harness import Metering
 from tests.helpers import (
@@ -24,8 +25,6 @@ from tests.helpers import (
     contact_ids,
     failed_ids,
     redelivery,
-    sqs_event,
-    sqs_record,
     status_renamed,
     subscription_changed,
 )

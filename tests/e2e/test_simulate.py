@@ -1,14 +1,23 @@
 """`metering simulate` (SPEC §4): a small month replayed through the real handlers, reported in the contract's
-shape and order."""
+shape and order; against other endpoints (per-service endpoint variables, nothing left behind by a failed
+run, missing credentials), and with an events file that is not all UTF-8 text."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import boto3
+import pytest
+from metering_tools import cli
+from metering_tools.provisioning import LocalStack
 from metering_tools.simulate import SimulationOptions, simulate
+from moto.server import ThreadedMotoServer
 
-from tests.helpers import EVENTS_DIR, utc
+from tests.helpers import EVENTS_DIR, LOOPBACK, contact_event, moto_server_process, utc
 
 INVOICE_KEYS = [
     "accountId",
@@ -26,8 +35,10 @@ INVOICE_KEYS = [
 ]
 
 
-def run(file_name: str, now: str, **options: Any) -> dict[str, Any]:
-    return simulate(SimulationOptions(events_path=EVENTS_DIR / file_name, now=utc(now), **options))
+def run(
+    file_name: str, now: str, on_stack: Callable[[LocalStack], None] | None = None, **options: Any
+) -> dict[str, Any]:
+    return simulate(SimulationOptions(events_path=EVENTS_DIR / file_name, now=utc(now), **options), on_stack)
 
 
 def test_simulate_reports_a_month_with_exactly_the_keys_shapes_and_order_of_spec_section_4() -> None:
@@ -131,3 +142,139 @@ def test_simulate_runs_the_close_at_each_close_instant_before_later_events() -> 
     assert [(row["plan"], row["activeContacts"], row["amountCents"]) for row in report["invoices"]] == [
         ("start", 60, 250)
     ]
+
+
+# ---- other endpoints ----
+
+
+@pytest.fixture
+def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A moto server in this process, on loopback (never through a proxy)."""
+    monkeypatch.setenv("NO_PROXY", LOOPBACK)
+    server = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def resources_at(endpoint: str) -> dict[str, list[str]]:
+    """What a simulate run could leave at an endpoint: tables, queues, buses and buckets."""
+    return {
+        "tables": boto3.client("dynamodb", endpoint_url=endpoint).list_tables()["TableNames"],
+        "queues": boto3.client("sqs", endpoint_url=endpoint).list_queues().get("QueueUrls", []),
+        "buses": [
+            bus["Name"]
+            for bus in boto3.client("events", endpoint_url=endpoint).list_event_buses()["EventBuses"]
+            if bus["Name"] != "default"
+        ],
+        "buckets": [b["Name"] for b in boto3.client("s3", endpoint_url=endpoint).list_buckets()["Buckets"]],
+    }
+
+
+def test_a_per_service_endpoint_variable_sends_its_service_elsewhere_than_endpoint_url(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given AWS_ENDPOINT_URL_DYNAMODB naming a second moto server, a process of its own
+    with moto_server_process(os.environ) as dynamodb_endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_endpoint)
+        seen: dict[str, dict[str, list[str]]] = {}
+
+        def look(stack: LocalStack) -> None:
+            seen["endpoint-url"] = resources_at(endpoint)
+            seen["dynamodb"] = resources_at(dynamodb_endpoint)
+            seen["stack"] = {"tables": [stack.table_name]}
+
+        # When the month is replayed with --endpoint-url naming the first
+        report = run("month.jsonl", "2026-11-15T00:00:00Z", look, endpoint_url=endpoint)
+        left = resources_at(dynamodb_endpoint)["tables"]
+
+    # Then the table was created on the DynamoDB endpoint, the queues at --endpoint-url, and the month was
+    # billed as on embedded moto; the run removed its table afterwards
+    table = seen["stack"]["tables"][0]
+    assert seen["dynamodb"]["tables"] == [table]
+    assert seen["endpoint-url"]["tables"] == []
+    assert len(seen["endpoint-url"]["queues"]) == 2
+    assert [(row["accountId"], row["amountCents"]) for row in report["invoices"]] == [("acc-berlin", 275)]
+    assert left == []
+
+
+def test_a_run_that_fails_after_provisioning_leaves_nothing_at_the_endpoint(endpoint: str) -> None:
+    # Given a run that fails once its stack exists
+    def fail(stack: LocalStack) -> None:
+        raise RuntimeError(f"injected after provisioning {stack.table_name}")
+
+    # When the month is replayed at an endpoint
+    with pytest.raises(RuntimeError, match="injected after provisioning"):
+        run("month.jsonl", "2026-11-15T00:00:00Z", fail, endpoint_url=endpoint)
+
+    # Then nothing of it is left there
+    assert resources_at(endpoint) == {"tables": [], "queues": [], "buses": [], "buckets": []}
+
+
+def test_a_run_whose_provisioning_fails_part_way_leaves_only_what_was_there_before(endpoint: str) -> None:
+    # Given an endpoint that already holds the claim-check bucket, so provisioning fails at its last step
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(
+        Bucket="crm-claim-checks", CreateBucketConfiguration={"LocationConstraint": "eu-central-1"}
+    )
+
+    # When the month is replayed there
+    with pytest.raises(Exception, match="BucketAlreadyOwnedByYou"):
+        run("month.jsonl", "2026-11-15T00:00:00Z", endpoint_url=endpoint)
+
+    # Then the table, queues and bus it had created are gone, and the bucket it did not create is kept
+    assert resources_at(endpoint) == {
+        "tables": [],
+        "queues": [],
+        "buses": [],
+        "buckets": ["crm-claim-checks"],
+    }
+
+
+def test_missing_credentials_for_an_endpoint_are_named_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given no credentials in the environment (and no instance metadata to fall back on)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    # When the operator replays a month against an endpoint
+    command = ["simulate", str(EVENTS_DIR / "month.jsonl"), "--now", "2026-11-15T00:00:00Z"]
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([*command, "--endpoint-url", "http://127.0.0.1:9"])
+
+    # Then it stops with a message saying what to set, before creating anything
+    message = str(stopped.value.code)
+    assert "no AWS credentials" in message
+    assert "AWS_ACCESS_KEY_ID" in message
+    assert "AWS_PROFILE" in message
+
+
+# ---- the events file ----
+
+
+def test_a_line_that_is_not_utf8_is_rejected_with_its_line_number_like_any_unreadable_line(
+    tmp_path: Path,
+) -> None:
+    # Given an events file whose second line holds bytes that are not UTF-8 and whose fourth is plain text
+    valid = [contact_event("acc-bytes", f"con-{n}", "2026-10-05T10:00:00Z") for n in (1, 2)]
+    events = tmp_path / "month.jsonl"
+    events.write_bytes(
+        json.dumps(valid[0]).encode()
+        + b"\n"
+        + b'{"id": "bad-\xff\xfe-bytes", "detail": {}}\n'
+        + json.dumps(valid[1]).encode()
+        + b"\n"
+        + b"not an envelope\n"
+    )
+
+    # When it is replayed
+    report = simulate(SimulationOptions(events_path=events, now=utc("2026-11-15T00:00:00Z")))
+
+    # Then both unreadable lines are rejected as unreadable, each under the number of its line, and the
+    # valid lines around them count
+    rejected = {row["eventId"]: row["reason"] for row in report["rejected"]}
+    assert list(rejected) == ["sqs:line-2", "sqs:line-4"]
+    assert all(reason.startswith("body is not a JSON object") for reason in rejected.values())
+    assert [(row["accountId"], row["activeContacts"]) for row in report["usage"]] == [("acc-bytes", 2)]

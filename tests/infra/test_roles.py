@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -54,23 +53,17 @@ TABLE_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/metering-test-offline"
 BUS_ARN = f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/metering-test-offline"
 
 
-@pytest.fixture
-def roles(stack: LocalStack) -> StackRoles:
-    return stack_roles(TEMPLATE, stack)
-
-
-@pytest.fixture
-def identities(roles: StackRoles, stack: LocalStack) -> Iterator[FunctionIdentities]:
-    """One identity per function, created before IAM authentication is turned on, then enforced."""
-    created = FunctionIdentities.create(
-        roles.policies, region=roles.resources.region, prefix=stack.table_name
-    )
-    with created.enforced():
-        yield created
-
-
 def key(pk: str) -> dict[str, Any]:
     return {"pk": {"S": pk}, "sk": {"S": "summary"}}
+
+
+def read_period(client: Any, table_name: str) -> None:
+    """Query one period's items, as every function reads the table."""
+    client.query(
+        TableName=table_name,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": "acc-1#2026-10"}},
+    )
 
 
 def caller() -> str:
@@ -203,8 +196,8 @@ def test_a_call_the_role_grants_succeeds_and_one_it_does_not_is_refused(
 ) -> None:
     # Given IAM authentication on and InvoiceAccount's identity active
     with identities.activate("InvoiceAccount"):
-        # When it reads one item (dynamodb:GetItem, granted)
-        aws.dynamodb().get_item(TableName=stack.table_name, Key=key("acc-1#2026-10"))
+        # When it reads a period (dynamodb:Query, granted)
+        read_period(aws.dynamodb(), stack.table_name)
 
         # Then it is served; and a BatchGetItem, which its role does not grant (a close path reading the
         # subscriptions with it would never issue an invoice on AWS), is refused as it would be in Lambda
@@ -257,17 +250,17 @@ def test_switching_functions_rebuilds_clients_as_the_new_function_and_registered
     seen: list[str] = []
     identities.register("before-call.dynamodb", lambda model, **_: seen.append(model.name))
 
-    # When RecordActivity runs twice, then InvoiceAccount, each reading an item
+    # When RecordActivity runs twice, then InvoiceAccount, each reading a period
     with identities.activate("RecordActivity"):
         record_activity_client = aws.dynamodb()
-        record_activity_client.get_item(TableName=stack.table_name, Key=key("acc-1#2026-10"))
+        read_period(record_activity_client, stack.table_name)
         record_activity_caller = caller()
     with identities.activate("RecordActivity"):
         reused = aws.dynamodb()
-    boto3.client("dynamodb").get_item(TableName=stack.table_name, Key=key("acc-1#2026-10"))
+    read_period(boto3.client("dynamodb"), stack.table_name)
     with identities.activate("InvoiceAccount"):
         invoice_account_client = aws.dynamodb()
-        invoice_account_client.get_item(TableName=stack.table_name, Key=key("acc-1#2026-10"))
+        read_period(invoice_account_client, stack.table_name)
         invoice_account_caller = caller()
 
     # Then the same function keeps its clients, a switch rebuilds them with the new role, the hook fires for
@@ -276,7 +269,7 @@ def test_switching_functions_rebuilds_clients_as_the_new_function_and_registered
     assert invoice_account_client is not record_activity_client
     assert f":assumed-role/{stack.table_name}-RecordActivity/" in record_activity_caller
     assert f":assumed-role/{stack.table_name}-InvoiceAccount/" in invoice_account_caller
-    assert seen == ["GetItem", "GetItem"]
+    assert seen == ["Query", "Query"]
     assert caller().endswith("-harness")
 
 
@@ -428,19 +421,19 @@ def test_the_census_records_each_functions_calls_through_its_own_session(
     census = Census(roles.resources.region, roles.resources.account_id)
     census.attach(identities)
 
-    # When ClosePeriods queues a close, InvoiceAccount reads an item, and the harness reads the queue
+    # When ClosePeriods queues a close, InvoiceAccount reads a period, and the harness reads the queue
     with identities.activate("ClosePeriods"):
         aws.sqs().send_message_batch(
             QueueUrl=stack.close_queue_url, Entries=[{"Id": "0", "MessageBody": "{}"}]
         )
     with identities.activate("InvoiceAccount"):
-        aws.dynamodb().get_item(TableName=stack.table_name, Key=key("acc-1#2026-10"))
+        read_period(aws.dynamodb(), stack.table_name)
     boto3.client("sqs").receive_message(QueueUrl=stack.close_queue_url)
 
     # Then each function's calls are recorded under its name with their ARNs, the harness's are not, and
     # each role grants what its function did
     close_queue = Call("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{stack.table_name}-close")
-    read = Call("dynamodb:GetItem", roles.resources.attributes["MeteringTable"]["Arn"])
+    read = Call("dynamodb:Query", roles.resources.attributes["MeteringTable"]["Arn"])
     assert census.calls("ClosePeriods") == {close_queue: 1}
     assert census.calls("InvoiceAccount") == {read: 1}
     assert census.operations("ClosePeriods") == {"sqs:SendMessageBatch": 1}
@@ -472,7 +465,6 @@ def test_unused_grants_are_reported_less_those_aws_uses_on_the_functions_behalf(
     # Given InvoiceAccount's calls on a close path that makes no Query
     roles = stack_roles(TEMPLATE, OFFLINE_STACK)
     calls = [
-        Call("dynamodb:GetItem", TABLE_ARN),
         Call("dynamodb:PutItem", TABLE_ARN),
         Call("dynamodb:UpdateItem", TABLE_ARN),
         Call("events:PutEvents", BUS_ARN),
@@ -504,13 +496,10 @@ def test_the_census_flags_a_close_path_its_role_would_refuse_on_aws() -> None:
     # When the census is checked against the role
     findings = census_findings(roles, census)["InvoiceAccount"]
 
-    # Then BatchGetItem is not granted (no invoice would be issued on AWS), and GetItem and Query are
-    # granted but never used
+    # Then BatchGetItem is not granted (no invoice would be issued on AWS), and Query is granted but never
+    # used
     assert [d.call for d in findings.ungranted] == [Call("dynamodb:BatchGetItem", TABLE_ARN)]
-    assert findings.unused == [
-        Grant("Table", "dynamodb:GetItem", TABLE_ARN),
-        Grant("Table", "dynamodb:Query", TABLE_ARN),
-    ]
+    assert findings.unused == [Grant("Table", "dynamodb:Query", TABLE_ARN)]
     assert "not granted: dynamodb:BatchGetItem on " + TABLE_ARN in findings.describe()
 
 
@@ -526,8 +515,8 @@ def invoice_account_census(stack: LocalStack, *dynamodb_calls: tuple[str, dict[s
 
 
 def test_a_tally_over_stacks_counts_a_grant_used_if_any_stack_used_it() -> None:
-    # Given two local stacks with their own names: in the first InvoiceAccount read an item and was refused
-    # a BatchGetItem, in the second it queried
+    # Given two local stacks with their own names: in the first InvoiceAccount sealed a period and was
+    # refused a BatchGetItem, in the second it queried
     first = OFFLINE_STACK
     second = dataclasses.replace(
         OFFLINE_STACK,
@@ -541,7 +530,7 @@ def test_a_tally_over_stacks_counts_a_grant_used_if_any_stack_used_it() -> None:
         stack_roles(TEMPLATE, first),
         invoice_account_census(
             first,
-            ("GetItem", {"TableName": first.table_name}),
+            ("UpdateItem", {"TableName": first.table_name}),
             ("BatchGetItem", {"RequestItems": {first.table_name: {"Keys": []}}}),
         ),
     )
@@ -553,15 +542,12 @@ def test_a_tally_over_stacks_counts_a_grant_used_if_any_stack_used_it() -> None:
     # When the tally's findings are read
     findings = tally.findings()["InvoiceAccount"]
 
-    # Then the refusal is reported once with the stack's name generalised, and only the grants no stack used
-    # (PutItem, UpdateItem) are unused
+    # Then the refusal is reported once with the stack's name generalised, and only the grant no stack used
+    # (PutItem) is unused
     assert [d.call for d in findings.ungranted] == [
         Call("dynamodb:BatchGetItem", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/<stack>")
     ]
-    assert [(g.sid, g.action) for g in findings.unused] == [
-        ("Table", "dynamodb:PutItem"),
-        ("Table", "dynamodb:UpdateItem"),
-    ]
+    assert [(g.sid, g.action) for g in findings.unused] == [("Table", "dynamodb:PutItem")]
 
 
 def test_grants_aws_uses_for_record_activity_carry_their_reasons() -> None:
@@ -571,9 +557,8 @@ def test_grants_aws_uses_for_record_activity_carry_their_reasons() -> None:
 
     # When it made every call its code makes, and nothing else
     calls = [
-        *(Call(f"dynamodb:{a}", TABLE_ARN) for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem")),
-        *(Call(f"dynamodb:{a}", TABLE_ARN) for a in ("BatchGetItem", "BatchWriteItem", "Query")),
-        Call("dynamodb:ConditionCheckItem", TABLE_ARN),
+        *(Call(f"dynamodb:{a}", TABLE_ARN) for a in ("PutItem", "UpdateItem", "Query")),
+        *(Call(f"dynamodb:{a}", TABLE_ARN) for a in ("BatchGetItem", "BatchWriteItem")),
         Call("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:metering-test-offline-fanout"),
         Call("sns:Publish", f"arn:aws:sns:{REGION}:{ACCOUNT}:metering-test-offline-usage-alerts"),
         Call("events:PutEvents", BUS_ARN),

@@ -26,7 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--now", type=_instant, required=True, help="the instant of the final close run")
     simulate.add_argument("--grace-hours", type=float, help="hours after a period's end before it closes")
     simulate.add_argument("--default-timezone", help="time zone of accounts without one (default UTC)")
-    simulate.add_argument("--endpoint-url", help="use this AWS endpoint instead of embedded moto")
+    simulate.add_argument(
+        "--endpoint-url",
+        help="use this AWS endpoint instead of embedded moto (AWS_ENDPOINT_URL_<SERVICE> still wins for its "
+        "service); there the functions run with your credentials, their template roles are not enforced "
+        "as they are on embedded moto",
+    )
     simulate.add_argument("--batch-size", type=int, help="records per RecordActivity invocation")
     simulate.add_argument("--objects-dir", type=Path, help="claim-check objects (default EVENTS.objects/)")
     simulate.add_argument("--claim-check-bucket", default="crm-claim-checks", help="bucket the events name")

@@ -32,6 +32,8 @@ from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.exceptions import ClientError
 from metering import aws
 
@@ -748,7 +750,7 @@ class FunctionIdentities:
             UserName=user, PolicyName="harness", PolicyDocument=json.dumps(ADMINISTRATOR_POLICY)
         )
         key = iam.create_access_key(UserName=user)["AccessKey"]
-        harness = boto3.Session(
+        harness = _session(
             aws_access_key_id=key["AccessKeyId"],
             aws_secret_access_key=key["SecretAccessKey"],
             region_name=region,
@@ -771,7 +773,7 @@ class FunctionIdentities:
             credentials = sts.assume_role(
                 RoleArn=role_arns[name], RoleSessionName=name, DurationSeconds=SESSION_SECONDS
             )["Credentials"]
-            sessions[name] = boto3.Session(
+            sessions[name] = _session(
                 aws_access_key_id=credentials["AccessKeyId"],
                 aws_secret_access_key=credentials["SecretAccessKey"],
                 aws_session_token=credentials["SessionToken"],
@@ -830,6 +832,19 @@ class FunctionIdentities:
                 event_name, handler_for(name), unique_id=unique_id and f"{unique_id}:{name}"
             )
         aws.reset_clients()
+
+
+_MODELS = botocore.loaders.create_loader()
+
+
+def _session(**arguments: Any) -> boto3.Session:
+    """A session of its own credentials that shares the process's service models: loading them is most of
+    what the first clients of a new session cost, and every test creates four sessions."""
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _MODELS)
+    session = boto3.Session(botocore_session=core, **arguments)
+    _MODELS.search_paths[:] = list(dict.fromkeys(_MODELS.search_paths))  # boto3 appends its own each time
+    return session
 
 
 def _identity_marker(function: str) -> Handler:

@@ -2,32 +2,29 @@
 
 The harness plays the parts AWS plays in production and nothing else: it delivers the envelopes to
 RecordActivity as SQS batches, redelivers records the handler reports as failed, drains the fan-out and
-close queues into their functions, and fires the hourly schedule at each period's close instant. It counts
-DynamoDB calls on the functions' own client through botocore's event hooks.
+close queues into their functions, and fires the hourly schedule at each period's close instant. Batch
+sizes, timeouts, receive limits and the functions' environment come from `template.yaml`. On embedded moto
+each function runs as its template role (`testkit.RoleGuard`), as the end-to-end tests do. It counts
+DynamoDB calls on the functions' own clients through botocore's event hooks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
-import random
 import sys
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from threading import Lock
 from types import ModuleType
 from typing import Any
 
 import boto3
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
-from botocore.exceptions import ReadTimeoutError
 from metering import aws
 from metering.events import CRM_EVENT, SubscriptionChanged
 from metering.model import StoreUnavailable
@@ -35,27 +32,29 @@ from metering.placement import subscription_of
 from metering.rules import History, Subscription, utc_iso
 from pydantic import ValidationError
 
+from metering_tools.capacity import moto_partition_queries
 from metering_tools.provisioning import (
-    REPO_ROOT,
     LocalStack,
+    function_configs,
+    function_environment,
     load_template,
     provision,
     tear_down,
-    template_default,
 )
 from metering_tools.reports import read_report
+from metering_tools.roles import CensusTally
+from metering_tools.testkit import (
+    FaultInjector,
+    LocalFunction,
+    RoleGuard,
+    SimulatedCrash,
+    local_functions,
+    sqs_record,
+)
 
-FUNCTIONS_DIR = REPO_ROOT / "functions"
-FUNCTION_MODULES = {
-    "RecordActivity": "record_activity",
-    "ClosePeriods": "close_periods",
-    "InvoiceAccount": "invoice_account",
-}
-FANOUT_BATCH_SIZE = 2
-CLOSE_BATCH_SIZE = 10
-MAX_RECEIVES = 5
 MAX_RECEIVES_WITH_FAULTS = 500
 REGION = "eu-central-1"
+ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,107 +73,6 @@ class SimulationOptions:
     fault_seed: int = 0
 
 
-class SimulatedCrash(BaseException):
-    """The function's process dies mid-invocation: nothing it would have returned or caught survives."""
-
-
-class _FailedCall:
-    """The HTTP side of an injected failed call, as botocore reads it."""
-
-    def __init__(self, status_code: int) -> None:
-        self.status_code = status_code
-        self.headers: dict[str, str] = {}
-
-
-class FaultInjector:
-    """Makes a share of the functions' DynamoDB and S3 calls fail, through botocore's event hooks on their
-    own clients: throttling and server errors (the call never lands), a time-out after the write took effect
-    (the caller sees a failure, the table has the change), and crashes that kill the invocation."""
-
-    WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"})
-
-    def __init__(self, rate: float, seed: int) -> None:
-        self.rate = rate
-        self.random = random.Random(seed)
-        self.injected: Counter[str] = Counter()
-        self._lock = Lock()
-
-    def attach(self, client: Any) -> None:
-        service = client.meta.service_model.service_id.hyphenize()
-        client.meta.events.register(f"before-call.{service}", self._before_call)
-        client.meta.events.register(f"after-call.{service}", self._after_call)
-
-    def _draw(self) -> float:
-        with self._lock:
-            return self.random.random()
-
-    def _count(self, kind: str) -> None:
-        with self._lock:
-            self.injected[kind] += 1
-
-    def _before_call(
-        self, model: Any, context: dict[str, Any], **_: Any
-    ) -> tuple[_FailedCall, dict[str, Any]] | None:
-        draw = self._draw()
-        if draw >= self.rate:
-            return None
-        share = draw / self.rate
-        if share < 0.1:
-            self._count("crash")
-            raise SimulatedCrash(model.name)
-        if share < 0.45:
-            self._count("throttling")
-            code, status = (
-                ("ThrottlingException", 400)
-                if model.service_model.service_name == "dynamodb"
-                else (
-                    "SlowDown",
-                    503,
-                )
-            )
-            return _FailedCall(status), {"Error": {"Code": code, "Message": "injected"}}
-        if share < 0.8 or model.name not in self.WRITES:
-            self._count("server error")
-            return _FailedCall(500), {"Error": {"Code": "InternalServerError", "Message": "injected"}}
-        context["fail_after_write"] = True
-        return None
-
-    def _after_call(self, model: Any, context: dict[str, Any], **_: Any) -> None:
-        if context.pop("fail_after_write", False):
-            self._count("timeout after write")
-            raise ReadTimeoutError(endpoint_url=f"injected after {model.name}")
-
-
-def cold_start(folder: str) -> ModuleType:
-    """Import `functions/<folder>/app.py` fresh, as a Lambda cold start does (it reads its settings then)."""
-    spec = importlib.util.spec_from_file_location(
-        f"cold_{folder}_{uuid.uuid4().hex[:8]}", FUNCTIONS_DIR / folder / "app.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class LambdaContext:
-    """The attributes of a Lambda context object that Powertools and the handlers read; the remaining time
-    counts down from the function's timeout as on Lambda."""
-
-    def __init__(self, function_name: str, timeout_seconds: float = 60) -> None:
-        self.function_name = function_name
-        self.function_version = "$LATEST"
-        self.invoked_function_arn = f"arn:aws:lambda:{REGION}:123456789012:function:{function_name}"
-        self.memory_limit_in_mb = 1024
-        self.aws_request_id = str(uuid.uuid4())
-        self.log_group_name = f"/aws/lambda/{function_name}"
-        self.log_stream_name = "simulate"
-        self._deadline = time.monotonic() + timeout_seconds
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
-
-
 @dataclass(slots=True)
 class _Message:
     message_id: str
@@ -184,22 +82,14 @@ class _Message:
     receipt_handle: str = ""
 
     def as_sqs_record(self, queue_arn: str) -> dict[str, Any]:
-        return {
-            "messageId": self.message_id,
-            "receiptHandle": self.receipt_handle or self.message_id,
-            "body": self.body,
-            "attributes": {
-                "ApproximateReceiveCount": str(self.receive_count),
-                "SentTimestamp": str(int(self.sent_at.timestamp() * 1000)),
-                "SenderId": "simulate",
-                "ApproximateFirstReceiveTimestamp": str(int(self.sent_at.timestamp() * 1000)),
-            },
-            "messageAttributes": {},
-            "md5OfBody": "",
-            "eventSource": "aws:sqs",
-            "eventSourceARN": queue_arn,
-            "awsRegion": REGION,
-        }
+        return sqs_record(
+            self.body,
+            self.message_id,
+            receive_count=self.receive_count,
+            queue_arn=queue_arn,
+            sent_at=self.sent_at,
+            receipt_handle=self.receipt_handle or self.message_id,
+        )
 
 
 @dataclass(slots=True)
@@ -208,9 +98,11 @@ class Simulation:
 
     options: SimulationOptions
     stack: LocalStack
+    functions: Mapping[str, LocalFunction]
     grace: timedelta
     batch_size: int
-    functions: dict[str, ModuleType] = field(default_factory=dict)
+    guard: RoleGuard | None = None
+    modules: dict[str, ModuleType] = field(default_factory=dict)
     invocations: Counter[str] = field(default_factory=Counter)
     requests_before: tuple[Counter[str], Counter[str]] = field(default_factory=lambda: (Counter(), Counter()))
     dead_letters: list[str] = field(default_factory=list)
@@ -226,20 +118,44 @@ class Simulation:
         if self.options.fault_rate > 0:
             self.faults = FaultInjector(self.options.fault_rate, self.options.fault_seed)
 
-    @property
-    def max_receives(self) -> int:
-        """SQS's receive limit; with injected faults, what would dead-letter is redriven (as the runbook
-        says), so the replay goes on until every message is processed."""
-        return MAX_RECEIVES if self.faults is None else MAX_RECEIVES_WITH_FAULTS
+    def max_receives(self, function_name: str, queue: str) -> int:
+        """SQS's receive limit, the queue's redrive policy (a queue without one redelivers until the message
+        expires); with injected faults, what would dead-letter is redriven (as the runbook says), so the
+        replay goes on until every message is processed."""
+        limit = self.functions[function_name].config.sources[queue].max_receive_count
+        return MAX_RECEIVES_WITH_FAULTS if self.faults is not None or limit is None else limit
 
     def load_functions(self) -> None:
-        """Import each handler module fresh, as a cold start does, with the stack's environment set. On
-        embedded moto the functions' DynamoDB client also gets the capacity meter of this replay's table;
-        a client built later joins it with `capacity.shared_meter(table_name).attach(client)`."""
+        """Import each handler module fresh, as a cold start does, with the stack's environment set."""
         aws.reset_clients()
-        for function_name, folder in FUNCTION_MODULES.items():
-            self.functions[function_name] = cold_start(folder)
+        for function_name, function in self.functions.items():
+            self.modules[function_name] = function.cold_start()
         self.requests_before = aws.DYNAMODB_REQUESTS.snapshot()
+        self.report_client = boto3.client("dynamodb")
+
+    def restart(self, function_name: str) -> None:
+        """Lambda replaces the execution environment of an invocation that was killed: the next one is a
+        cold start, with nothing remembered in memory."""
+        self.modules[function_name] = self.functions[function_name].cold_start()
+
+    def invoke(self, function_name: str, event: dict[str, Any]) -> Any:
+        """Invoke a function as Lambda does: on embedded moto as its own role."""
+        self.invocations[function_name] += 1
+        handler = self.modules[function_name].handler
+
+        def instrumented(event: dict[str, Any], context: Any) -> Any:
+            self.instrument()
+            return handler(event, context)
+
+        context = self.functions[function_name].context()
+        if self.guard is None:
+            return instrumented(event, context)
+        return self.guard.invoke(function_name, instrumented, event, context)
+
+    def instrument(self) -> None:
+        """Attach the capacity meter (embedded moto) and the fault injector to the clients the running
+        function uses. They are rebuilt whenever another function's role runs; attaching twice changes
+        nothing."""
         if self.options.endpoint_url is None:
             from metering_tools import capacity  # noqa: PLC0415 - a development tool, outside the Lambda layer
 
@@ -247,19 +163,10 @@ class Simulation:
         if self.faults is not None:
             self.faults.attach(aws.dynamodb())
             self.faults.attach(aws.s3())
-        self.report_client = boto3.client("dynamodb")
 
-    def restart(self, function_name: str) -> None:
-        """Lambda replaces the execution environment of an invocation that was killed: the next one is a
-        cold start, with nothing remembered in memory."""
-        self.functions[function_name] = cold_start(FUNCTION_MODULES[function_name])
-
-    def invoke(self, function_name: str, event: dict[str, Any]) -> Any:
-        self.invocations[function_name] += 1
-        return self.functions[function_name].handler(event, LambdaContext(function_name))
-
-    def deliver(self, function_name: str, messages: Sequence[_Message], queue_arn: str) -> list[_Message]:
+    def deliver(self, function_name: str, messages: Sequence[_Message], queue: str) -> list[_Message]:
         """Invoke with one SQS batch; returns the messages reported as failed (to be redelivered)."""
+        queue_arn = self.functions[function_name].queue_arns[queue]
         for message in messages:
             message.receive_count += 1
         try:
@@ -272,19 +179,20 @@ class Simulation:
         failed = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
         return [message for message in messages if message.message_id in failed]
 
-    def deliver_until_done(self, function_name: str, messages: Sequence[_Message], queue_arn: str) -> None:
+    def deliver_until_done(self, function_name: str, messages: Sequence[_Message], queue: str) -> None:
         """Deliver a batch and redeliver what fails, as SQS does, until it succeeds or dead-letters."""
+        limit = self.max_receives(function_name, queue)
         pending = list(messages)
         while pending:
-            failed = self.deliver(function_name, pending, queue_arn)
-            self.dead_letters += [m.message_id for m in failed if m.receive_count >= self.max_receives]
-            pending = [m for m in failed if m.receive_count < self.max_receives]
-            self.drain_queue("RecordActivity", self.stack.fanout_queue_url, FANOUT_BATCH_SIZE)
+            failed = self.deliver(function_name, pending, queue)
+            self.dead_letters += [m.message_id for m in failed if m.receive_count >= limit]
+            pending = [m for m in failed if m.receive_count < limit]
+            self.drain_queue("RecordActivity", "FanOutQueue", self.stack.fanout_queue_url)
 
-    def drain_queue(self, function_name: str, queue_url: str, batch_size: int) -> None:
+    def drain_queue(self, function_name: str, queue: str, queue_url: str) -> None:
         """Feed everything waiting in a local queue to its consumer in batches of the template's size."""
         sqs = boto3.client("sqs")
-        arn = f"arn:aws:sqs:{REGION}:123456789012:{queue_url.rsplit('/', 1)[-1]}"
+        batch_size = self.functions[function_name].config.sources[queue].batch_size
         while True:
             received = sqs.receive_message(
                 QueueUrl=queue_url, MaxNumberOfMessages=min(batch_size, 10), AttributeNames=["All"]
@@ -297,20 +205,18 @@ class Simulation:
             ]
             for message in batch:
                 sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message.receipt_handle)
-            self.deliver_until_done(function_name, batch, arn)
+            self.deliver_until_done(function_name, batch, queue)
 
     def batch_limit(self) -> int:
         """The size of the next RecordActivity batch: the options' sizes in turn, else the template's."""
         sizes = self.options.batch_sizes
         return sizes[self.batches % len(sizes)] if sizes else self.batch_size
 
-    def record(self, lines: Sequence[tuple[str, datetime]]) -> None:
+    def record(self, lines: Sequence[tuple[int, str, datetime]]) -> None:
         """Deliver one batch: the lines, after the messages SQS delivers a second time (`redelivered`
-        lines come again, under the same message id, at the head of the batch after their first)."""
-        messages = [
-            _Message(str(uuid.uuid5(uuid.NAMESPACE_URL, f"{i}:{body}")), body, sent)
-            for i, (body, sent) in enumerate(lines, start=self.events)
-        ]
+        lines come again, under the same message id, at the head of the batch after their first). A line's
+        message id names its line number, so a rejected line is found in the file."""
+        messages = [_Message(f"line-{number}", body, sent) for number, body, sent in lines]
         again = [
             _Message(m.message_id, m.body, m.sent_at, receive_count=1)
             for i, m in enumerate(messages, start=self.events)
@@ -321,11 +227,13 @@ class Simulation:
         self.events += len(lines)
         if batch:
             self.batches += 1
-            self.deliver_until_done("RecordActivity", batch, f"arn:aws:sqs:{REGION}:123456789012:activity")
+            self.deliver_until_done("RecordActivity", batch, "ActivityQueue")
 
     def close_as_of(self, instant: datetime) -> None:
-        """The hourly schedule firing at `instant`, then the close queue drained into InvoiceAccount."""
-        for _ in range(self.max_receives):
+        """The hourly schedule firing at `instant` (a failed run retried as Lambda retries an asynchronous
+        invocation), then the close queue drained into InvoiceAccount."""
+        attempts = 1 + self.functions["ClosePeriods"].config.async_retry_attempts
+        for _ in range(MAX_RECEIVES_WITH_FAULTS if self.faults is not None else attempts):
             try:
                 self.invoke("ClosePeriods", {"scheduledTime": utc_iso(instant).replace(".000000Z", "Z")})
                 break
@@ -333,18 +241,18 @@ class Simulation:
                 self.restart("ClosePeriods")
             except StoreUnavailable:
                 continue
-        self.drain_queue("InvoiceAccount", self.stack.close_queue_url, CLOSE_BATCH_SIZE)
+        self.drain_queue("InvoiceAccount", "CloseQueue", self.stack.close_queue_url)
 
-    def replay(self, envelopes: Iterator[tuple[str, datetime]]) -> None:
+    def replay(self, envelopes: Iterator[tuple[int, str, datetime]]) -> None:
         """Deliver the envelopes in order, in batches; whenever the clock reaches a period's close instant,
         record what is waiting and run the close job as of that instant, before later events."""
-        pending: list[tuple[str, datetime]] = []
-        for body, sent_at in envelopes:
+        pending: list[tuple[int, str, datetime]] = []
+        for number, body, sent_at in envelopes:
             for instant in self.schedule.due(sent_at):
                 self.record(pending)
                 pending = []
                 self.close_as_of(instant)
-            pending.append((body, sent_at))
+            pending.append((number, body, sent_at))
             self.schedule.learn(body)
             if len(pending) >= self.batch_limit():
                 self.record(pending)
@@ -420,16 +328,18 @@ class CloseSchedule:
         return reached
 
 
-def read_envelopes(path: Path) -> Iterator[tuple[str, datetime]]:
-    """Each non-empty line with the bus time it carries; a line without a readable time keeps the clock."""
+def read_envelopes(path: Path) -> Iterator[tuple[int, str, datetime]]:
+    """Each non-empty line, with its line number and the bus time it carries; a line without a readable
+    time keeps the clock. A line that is not UTF-8 text is delivered with its undecodable bytes escaped
+    (`\\xff`), which no JSON reader accepts: it is rejected like any other unreadable line."""
     clock = datetime.min.replace(tzinfo=UTC)
-    with path.open(encoding="utf-8") as stream:
-        for line in stream:
-            body = line.rstrip("\r\n")
+    with path.open("rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            body = raw.rstrip(b"\r\n").decode("utf-8", errors="backslashreplace")
             if not body.strip():
                 continue
             clock = max(clock, _bus_time(body) or clock)
-            yield body, clock
+            yield number, body, clock
 
 
 def _bus_time(body: str) -> datetime | None:
@@ -441,10 +351,15 @@ def _bus_time(body: str) -> datetime | None:
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
+def _environment(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, unset) these variables for the block; restore them after it."""
     saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
     try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         yield
     finally:
         for name, value in saved.items():
@@ -456,19 +371,28 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _aws_backend(endpoint_url: str | None) -> Iterator[None]:
-    """Embedded moto by default; any endpoint (moto_server, LocalStack, DynamoDB Local...) otherwise."""
+    """Embedded moto by default, every client on it (endpoint variables set for other runs are ignored), its
+    Query answered from the queried partition (`capacity.moto_partition_queries`);
+    any endpoint otherwise (moto_server, LocalStack, DynamoDB Local...): `AWS_ENDPOINT_URL`, under which
+    botocore's per-service variables (`AWS_ENDPOINT_URL_DYNAMODB`, ...) still send their service elsewhere."""
     if endpoint_url:
-        with _environment({"AWS_ENDPOINT_URL": endpoint_url}):
+        if boto3.session.Session().get_credentials() is None:
+            raise SystemExit(
+                f"metering simulate: no AWS credentials for {endpoint_url}. Set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (any values for a local emulator), or AWS_PROFILE."
+            )
+        with _environment({ENDPOINT_VARIABLE: endpoint_url}):
             yield
         return
     from moto import mock_aws  # noqa: PLC0415 - moto is a development dependency, only needed here
 
-    credentials = {
+    embedded: dict[str, str | None] = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_SESSION_TOKEN": "testing",
+        **{name: None for name in os.environ if name.startswith(ENDPOINT_VARIABLE)},
     }
-    with _environment(credentials), mock_aws():
+    with _environment(embedded), mock_aws(), moto_partition_queries():
         yield
 
 
@@ -481,28 +405,37 @@ def upload_claim_checks(objects_dir: Path | None, bucket: str) -> None:
         s3.put_object(Bucket=bucket, Key=path.relative_to(objects_dir).as_posix(), Body=path.read_bytes())
 
 
-def simulate(
-    options: SimulationOptions, on_stack: Callable[[LocalStack], None] | None = None
-) -> dict[str, Any]:
-    """Run one replay and return the report of SPEC §4."""
-    template = load_template()
-    grace_hours = (
-        options.grace_hours
-        if options.grace_hours is not None
-        else float(template_default(template, "GraceHours"))
-    )
-    environment = {
-        "AWS_DEFAULT_REGION": REGION,
-        "DEFAULT_TIMEZONE": options.default_timezone or template_default(template, "DefaultTimezone"),
-        "GRACE_HOURS": str(grace_hours),
-        "ALERT_THRESHOLDS": template_default(template, "AlertThresholds"),
+def function_settings(
+    options: SimulationOptions, template: Mapping[str, Any], stack: LocalStack
+) -> dict[str, str]:
+    """The functions' environment as the template sets it for this stack, with the replay's own settings."""
+    environment = function_environment(stack, template)
+    return {
+        **environment,
+        "DEFAULT_TIMEZONE": options.default_timezone or environment["DEFAULT_TIMEZONE"],
+        "GRACE_HOURS": str(
+            options.grace_hours if options.grace_hours is not None else environment["GRACE_HOURS"]
+        ),
         # one process, one invocation at a time: no earlier attempt can still be running
         "ATTEMPT_TIMEOUT_SECONDS": "0",
         "RECORDER_TIMEOUT_SECONDS": "0",
         # embedded moto answers in this process, behind the GIL: parallel writes only contend there
         "WRITE_CONCURRENCY": "1" if options.endpoint_url is None else "8",
-        "POWERTOOLS_SERVICE_NAME": "metering",
-        "POWERTOOLS_METRICS_NAMESPACE": "Metering/simulate",
+        # no usage-alert topic is created: alerts go to the bus only
+        "USAGE_ALERT_TOPIC_ARN": "",
+    }
+
+
+def simulate(
+    options: SimulationOptions,
+    on_stack: Callable[[LocalStack], None] | None = None,
+    census: CensusTally | None = None,
+) -> dict[str, Any]:
+    """Run one replay and return the report of SPEC §4. On embedded moto each function runs as its template
+    role; a call a role does not grant is warned about, and every call is added to `census` when given."""
+    template = load_template()
+    process = {
+        "AWS_DEFAULT_REGION": REGION,
         "POWERTOOLS_METRICS_DISABLED": "true",
         # the functions' expected failures under injected faults are not news; real ones are, otherwise
         "POWERTOOLS_LOG_LEVEL": os.environ.get(
@@ -511,35 +444,51 @@ def simulate(
     }
     objects_dir = options.objects_dir or options.events_path.with_suffix(".objects")
     with (
-        _environment(environment),
+        _environment(process),
         _aws_backend(options.endpoint_url),
         contextlib.redirect_stdout(sys.stderr),
     ):
-        stack = provision(f"metering-sim-{uuid.uuid4().hex[:8]}", options.claim_check_bucket, template)
+        stack: LocalStack | None = None
         try:
+            stack = provision(f"metering-sim-{uuid.uuid4().hex[:8]}", options.claim_check_bucket, template)
             upload_claim_checks(objects_dir, stack.claim_check_bucket)
-            with _environment(stack.environment()):
+            guard = RoleGuard.install(template, stack) if options.endpoint_url is None else None
+            settings = function_settings(options, template, stack)
+            with (
+                _environment(settings),
+                guard.enforced() if guard is not None else contextlib.nullcontext(),
+            ):
                 run = Simulation(
                     options,
                     stack,
-                    grace=timedelta(hours=grace_hours),
-                    batch_size=options.batch_size or int(template_default(template, "ActivityBatchSize")),
+                    local_functions(stack, template),
+                    grace=timedelta(hours=float(settings["GRACE_HOURS"])),
+                    batch_size=options.batch_size
+                    or function_configs(template)["RecordActivity"].sources["ActivityQueue"].batch_size,
+                    guard=guard,
                 )
                 run.load_functions()
                 if on_stack is not None:
                     on_stack(stack)
                 run.replay(read_envelopes(options.events_path))
                 report = run.report()
-                if run.dead_letters:
-                    print(f"warning: {len(run.dead_letters)} messages dead-lettered", file=sys.stderr)
-                if run.faults is not None:
-                    injected = ", ".join(
-                        f"{count} {kind}" for kind, count in sorted(run.faults.injected.items())
-                    )
-                    print(
-                        f"faults injected: {sum(run.faults.injected.values())} ({injected})", file=sys.stderr
-                    )
+            _warn(run, guard, census)
         finally:
-            if options.endpoint_url:
+            if stack is not None and options.endpoint_url:
                 tear_down(stack)
     return report
+
+
+def _warn(run: Simulation, guard: RoleGuard | None, census: CensusTally | None) -> None:
+    """What the replay's operator should know: dead letters, injected faults, calls no role grants."""
+    if run.dead_letters:
+        print(f"warning: {len(run.dead_letters)} messages dead-lettered", file=sys.stderr)
+    if run.faults is not None:
+        injected = ", ".join(f"{count} {kind}" for kind, count in sorted(run.faults.injected.items()))
+        print(f"faults injected: {sum(run.faults.injected.values())} ({injected})", file=sys.stderr)
+    if guard is None:
+        return
+    for found in guard.ungranted():
+        print(f"warning: calls the function's role does not grant\n{found.describe()}", file=sys.stderr)
+    if census is not None:
+        census.add(guard.roles, guard.census)

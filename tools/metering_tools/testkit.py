@@ -1,0 +1,296 @@
+"""The handlers' test kit, one for the tests and `metering simulate`: a handler module loaded as a cold start,
+the Lambda context and the SQS events AWS hands it, injected faults, and the `RoleGuard` that runs each
+handler as the IAM role its `template.yaml` entry names, so what passes locally would pass in an AWS account.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any
+
+from botocore.awsrequest import AWSResponse, HTTPHeaders
+from botocore.exceptions import ReadTimeoutError
+from metering import aws
+
+from metering_tools.provisioning import REPO_ROOT, FunctionConfig, LocalStack, function_configs
+from metering_tools.roles import (
+    Census,
+    Findings,
+    FunctionIdentities,
+    Handler,
+    StackRoles,
+    census_findings,
+    local_resources,
+    stack_roles,
+)
+
+FUNCTIONS_DIR = REPO_ROOT / "functions"
+REGION = "eu-central-1"
+ACCOUNT = "123456789012"
+ACTIVITY_QUEUE_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:metering-test-activity"
+
+
+# ---- handlers, contexts and events ----
+
+
+def cold_start(folder: str) -> ModuleType:
+    """Import `functions/<folder>/app.py` fresh, as a Lambda cold start does (it reads its settings then)."""
+    spec = importlib.util.spec_from_file_location(
+        f"cold_{folder}_{uuid.uuid4().hex[:8]}", FUNCTIONS_DIR / folder / "app.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class LambdaContext:
+    """The attributes of a Lambda context object that Powertools and the handlers read; the remaining time
+    counts down from the function's timeout as on Lambda."""
+
+    def __init__(self, function_name: str, timeout_seconds: float = 60, *, function_arn: str = "") -> None:
+        self.function_name = function_name
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = (
+            function_arn or f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function_name}"
+        )
+        self.memory_limit_in_mb = 1024
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = "local"
+        self._deadline = time.monotonic() + timeout_seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFunction:
+    """A function of the template as it runs here: its configuration, and its name and ARN in the local
+    stack (ClosePeriods invokes itself by `invoked_function_arn`, which its role grants by that name)."""
+
+    config: FunctionConfig
+    function_name: str
+    function_arn: str
+    queue_arns: Mapping[str, str]
+    """The local ARN of each queue it consumes, by logical id (what `eventSourceARN` names)."""
+
+    def context(self, remaining_seconds: float | None = None) -> LambdaContext:
+        """The context Lambda passes: the template's timeout ahead, unless `remaining_seconds` says less."""
+        timeout = self.config.timeout_seconds if remaining_seconds is None else remaining_seconds
+        return LambdaContext(self.function_name, timeout, function_arn=self.function_arn)
+
+    def cold_start(self) -> ModuleType:
+        return cold_start(self.config.code_folder)
+
+
+def local_functions(stack: LocalStack, template: Mapping[str, Any]) -> dict[str, LocalFunction]:
+    """Every function of the template, named as the template names it for `stack`."""
+    resources = local_resources(template, stack)
+    return {
+        name: LocalFunction(
+            config,
+            resources.refs[config.logical_id],
+            resources.attributes[config.logical_id]["Arn"],
+            {queue: resources.attributes[queue]["Arn"] for queue in config.sources},
+        )
+        for name, config in function_configs(template).items()
+    }
+
+
+def sqs_record(
+    body: str | Mapping[str, Any],
+    message_id: str | None = None,
+    *,
+    receive_count: int = 1,
+    queue_arn: str = ACTIVITY_QUEUE_ARN,
+    sent_at: datetime | None = None,
+    receipt_handle: str | None = None,
+) -> dict[str, Any]:
+    """One SQS record as the Lambda event source mapping delivers it."""
+    message_id = message_id or str(uuid.uuid4())
+    sent_ms = str(int((sent_at or datetime.now(UTC)).timestamp() * 1000))
+    return {
+        "messageId": message_id,
+        "receiptHandle": receipt_handle or f"handle-{message_id}",
+        "body": body if isinstance(body, str) else json.dumps(body),
+        "attributes": {
+            "ApproximateReceiveCount": str(receive_count),
+            "SentTimestamp": sent_ms,
+            "SenderId": "AIDAEXAMPLE",
+            "ApproximateFirstReceiveTimestamp": sent_ms,
+        },
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": REGION,
+    }
+
+
+def sqs_event(
+    bodies: Iterable[str | Mapping[str, Any]], *, queue_arn: str = ACTIVITY_QUEUE_ARN
+) -> dict[str, Any]:
+    """An SQS batch event with one record per body (each with a fresh message id)."""
+    return {"Records": [sqs_record(body, queue_arn=queue_arn) for body in bodies]}
+
+
+def answered(status: int) -> AWSResponse:
+    """The HTTP side of an answer a botocore `before-call` hook gives instead of sending the request."""
+    return AWSResponse("https://answered.locally.invalid", status, HTTPHeaders(), None)
+
+
+# ---- injected faults ----
+
+
+class SimulatedCrash(BaseException):
+    """The function's process dies mid-invocation: nothing it would have returned or caught survives."""
+
+
+class FaultInjector:
+    """Makes a share of the functions' DynamoDB and S3 calls fail, through botocore's event hooks on their
+    own clients: throttling and server errors (the call never lands), a time-out after the write took effect
+    (the caller sees a failure, the table has the change), and crashes that kill the invocation."""
+
+    WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"})
+
+    def __init__(self, rate: float, seed: int) -> None:
+        self.rate = rate
+        self.random = random.Random(seed)
+        self.injected: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def attach(self, client: Any) -> None:
+        """Fail calls of this client; attaching a client again changes nothing (clients are rebuilt when
+        the function running changes, so each invocation attaches its own)."""
+        service = client.meta.service_model.service_id.hyphenize()
+        key = f"fault-injector-{id(self)}-{service}"
+        client.meta.events.register(f"before-call.{service}", self._before_call, unique_id=f"{key}-before")
+        client.meta.events.register(f"after-call.{service}", self._after_call, unique_id=f"{key}-after")
+
+    def _draw(self) -> float:
+        with self._lock:
+            return self.random.random()
+
+    def _count(self, kind: str) -> None:
+        with self._lock:
+            self.injected[kind] += 1
+
+    def _before_call(
+        self, model: Any, context: dict[str, Any], **_: Any
+    ) -> tuple[AWSResponse, dict[str, Any]] | None:
+        draw = self._draw()
+        if draw >= self.rate:
+            return None
+        share = draw / self.rate
+        if share < 0.1:
+            self._count("crash")
+            raise SimulatedCrash(model.name)
+        if share < 0.45:
+            self._count("throttling")
+            dynamodb = model.service_model.service_name == "dynamodb"
+            code, status = ("ThrottlingException", 400) if dynamodb else ("SlowDown", 503)
+            return answered(status), {"Error": {"Code": code, "Message": "injected"}}
+        if share < 0.8 or model.name not in self.WRITES:
+            self._count("server error")
+            return answered(500), {"Error": {"Code": "InternalServerError", "Message": "injected"}}
+        context["fail_after_write"] = True
+        return None
+
+    def _after_call(self, model: Any, context: dict[str, Any], **_: Any) -> None:
+        if context.pop("fail_after_write", False):
+            self._count("timeout after write")
+            raise ReadTimeoutError(endpoint_url=f"injected after {model.name}")
+
+
+# ---- the functions' own roles ----
+
+
+@dataclass
+class _Activation:
+    function: str
+    holders: int
+    scope: ExitStack
+
+
+class RoleGuard:
+    """Each handler run as the IAM role its `template.yaml` entry names, on moto with IAM authentication on,
+    and the census of every call it makes: moto refuses an action the role does not grant, the census also
+    reports the resources moto does not check. What runs clean here would be allowed in an AWS account.
+
+    The default boto3 session is process-wide, as a Lambda container's environment is: one function at a
+    time. Invocations of the same function share its activation (threads racing two containers); one function
+    invoked inside another's invocation (a test interleaving them) runs as itself, and the outer one's
+    clients are rebuilt as its own when it resumes. After an invocation `metering.aws` keeps the function's
+    clients, as a warm container does, until another function runs."""
+
+    def __init__(self, roles: StackRoles, identities: FunctionIdentities) -> None:
+        """Guard with identities already created (`FunctionIdentities.create`); a census is attached."""
+        self.roles = roles
+        self.identities = identities
+        self.census = Census(roles.resources.region, roles.resources.account_id)
+        self.census.attach(identities)
+        self._lock = threading.RLock()
+        self._active: list[_Activation] = []
+
+    @classmethod
+    def install(cls, template: Mapping[str, Any], stack: LocalStack) -> RoleGuard:
+        """One identity per function with its template role, and a census on each. Call it after `provision`
+        and before `enforced()`: it creates IAM users and roles, which needs authentication still off."""
+        roles = stack_roles(template, stack)
+        identities = FunctionIdentities.create(
+            roles.policies, region=roles.resources.region, prefix=stack.table_name
+        )
+        return cls(roles, identities)
+
+    def enforced(self) -> AbstractContextManager[None]:
+        """IAM authentication on; outside an invocation, calls are the harness's (allowed everything)."""
+        return self.identities.enforced()
+
+    @contextmanager
+    def activated(self, function: str) -> Iterator[None]:
+        """Run the block as `function` (see the class for invocations that overlap)."""
+        with self._lock:
+            if self._active and self._active[-1].function == function:
+                self._active[-1].holders += 1
+            else:
+                exit_stack = ExitStack()
+                exit_stack.enter_context(self.identities.activate(function))
+                self._active.append(_Activation(function, 1, exit_stack))
+        try:
+            yield
+        finally:
+            with self._lock:
+                activation = self._active[-1]
+                activation.holders -= 1
+                if activation.holders == 0:
+                    self._active.pop()
+                    activation.scope.close()
+                    if self._active:
+                        aws.reset_clients()
+
+    def invoke(self, function: str, handler: Handler, event: Any, context: Any) -> Any:
+        """Invoke a handler as `function` would be invoked by Lambda."""
+        with self.activated(function):
+            return handler(event, context)
+
+    def findings(self) -> dict[str, Findings]:
+        return census_findings(self.roles, self.census)
+
+    def ungranted(self) -> list[Findings]:
+        """Per function, the calls its role does not grant (resource ARNs included); nothing else."""
+        return [
+            replace(found, unused=[], conditional=[]) for found in self.findings().values() if found.ungranted
+        ]
