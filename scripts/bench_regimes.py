@@ -35,7 +35,7 @@ from pathlib import Path
 from types import CodeType
 from typing import TYPE_CHECKING, Any
 
-import boto3
+from botocore.client import BaseClient
 from metering_tools import capacity, regimes
 from metering_tools.naive import NaiveRun, replay_naive
 from metering_tools.provisioning import REPO_ROOT, LocalStack, load_template
@@ -191,40 +191,39 @@ logger binds the stream it first sees, at the first cold start."""
 
 @dataclass(slots=True)
 class OutboundRequests:
-    """SQS sends and EventBridge entries of every client the default boto3 session builds after `listen`:
-    the functions' fan-out chunks, close requests, alerts and invoices (the harness itself sends none).
-    moto gives each replay a fresh default session, so `listen` runs once the replay's stack exists."""
+    """SQS sends and EventBridge entries of every client in this process once `listen` ran: the functions'
+    fan-out chunks, close requests, alerts and invoices (the harness itself sends none). Each function runs
+    with clients of its own role's session, so the count wraps botocore's one entry point for API calls."""
 
     sqs_requests: int = 0
     sqs_messages: int = 0
     published_events: int = 0
+    listening: bool = False
 
     def listen(self) -> None:
-        if boto3.DEFAULT_SESSION is None:
-            boto3.setup_default_session()
-        assert boto3.DEFAULT_SESSION is not None
-        events = boto3.DEFAULT_SESSION.events
-        events.register("before-parameter-build.sqs.SendMessage", self._sent_one, unique_id="bench-send")
-        events.register(
-            "before-parameter-build.sqs.SendMessageBatch", self._sent_batch, unique_id="bench-batch"
-        )
-        events.register(
-            "before-parameter-build.eventbridge.PutEvents", self._published, unique_id="bench-put"
-        )
+        if self.listening:
+            return
+        self.listening = True
+        make_api_call = getattr(BaseClient, "_make_api_call")  # noqa: B009 - private to botocore's stubs
+
+        def counted(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+            self.seen(operation, params)
+            return make_api_call(client, operation, params)
+
+        setattr(BaseClient, "_make_api_call", counted)  # noqa: B010 - private to botocore's stubs
+
+    def seen(self, operation: str, params: dict[str, Any]) -> None:
+        if operation == "SendMessage":
+            self.sqs_requests += 1
+            self.sqs_messages += 1
+        elif operation == "SendMessageBatch":
+            self.sqs_requests += 1
+            self.sqs_messages += len(params.get("Entries", []))
+        elif operation == "PutEvents":
+            self.published_events += len(params.get("Entries", []))
 
     def snapshot(self) -> tuple[int, int, int]:
         return self.sqs_requests, self.sqs_messages, self.published_events
-
-    def _sent_one(self, **_: Any) -> None:
-        self.sqs_requests += 1
-        self.sqs_messages += 1
-
-    def _sent_batch(self, params: dict[str, Any], **_: Any) -> None:
-        self.sqs_requests += 1
-        self.sqs_messages += len(params.get("Entries", []))
-
-    def _published(self, params: dict[str, Any], **_: Any) -> None:
-        self.published_events += len(params.get("Entries", []))
 
 
 OUTBOUND = OutboundRequests()
