@@ -79,7 +79,14 @@ def figures(report: Mapping[str, Any], seconds: float) -> list[tuple[str, str]]:
         ("distinct activations", str(activations)),
         ("items written (WRU)", str(writes)),
         ("reads (WRU equivalents)", f"{reads:.1f}"),
-        ("cost per distinct activation (WRU equivalents)", f"{(writes + reads) / max(activations, 1):.3f}"),
+        (
+            "cost per distinct activation, one unit per item (WRU equivalents)",
+            f"{(writes + reads) / max(activations, 1):.3f}",
+        ),
+        (
+            "cost per distinct activation, from item sizes as AWS bills (WRU equivalents)",
+            f"{stats['capacity']['writeUnitEquivalents'] / max(activations, 1):.3f}",
+        ),
         ("invoices", f"{len(report['invoices'])} (EUR {amount:.2f})"),
         ("alerts", str(len(report["alerts"]))),
         ("rejected events", str(len(report["rejected"]))),
