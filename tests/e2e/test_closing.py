@@ -7,7 +7,10 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from metering_tools.roles import Call
+from botocore.awsrequest import AWSResponse
+from metering.model import ServiceMisconfigured
+from metering_tools.roles import Call, Handler
+from metering_tools.testkit import answered
 
 from tests.harness import Metering
 from tests.helpers import (
@@ -145,6 +148,43 @@ def test_a_close_whose_publication_fails_for_one_account_publishes_it_once_on_th
     assert len(metering.invoice_items()) == 3
     assert published_per_account(metering) == Counter({"acc-a": 1, "acc-b": 1, "acc-c": 1})
     assert invoiced_amounts(metering) == {"acc-a": 250, "acc-b": 250, "acc-c": 250}
+
+
+def test_an_invoice_whose_publication_is_denied_is_published_at_once_by_the_redelivery_after_the_fix(
+    metering: Metering,
+) -> None:
+    # Given an account over the allowance of start, its October sealed by the close job
+    given_usage(metering, "acc-denied", "start", 60)
+    metering.schedule_closes(CLOSE_DUE)
+    request = {"accountId": "acc-denied", "period": "2026-10", "asOf": CLOSE_DUE}
+    # And InvoiceAccount's role refused events:PutEvents (a deployment fault, not a transient one)
+    denied = {"now": True}
+
+    def deny_for(function: str) -> Handler:
+        def deny(**_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+            if not denied["now"]:
+                return None
+            error = {"Code": "AccessDeniedException", "Message": f"{function} may not put events"}
+            return answered(400), {"Error": error}
+
+        return deny
+
+    metering.guard.identities.register_per_function("before-call.eventbridge.PutEvents", deny_for)
+
+    # When InvoiceAccount handles the close request
+    # Then the invocation fails (its Errors alarm fires; SQS keeps the request) with the invoice stored
+    with pytest.raises(ServiceMisconfigured):
+        metering.invoice_requests([request])
+    assert len(metering.invoice_items()) == 1
+    assert published_per_account(metering) == Counter()
+
+    # When the role is fixed and SQS delivers the request again, well within the publication lease's expiry
+    denied["now"] = False
+    response = metering.invoice_requests([request])
+    # Then the invoice is published at once (the failed publication released its lease), exactly once
+    assert response == {"batchItemFailures": []}
+    assert published_per_account(metering) == Counter({"acc-denied": 1})
+    assert invoiced_amounts(metering) == {"acc-denied": 250}
 
 
 # ---- late events ----
