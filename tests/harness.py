@@ -19,7 +19,7 @@ from metering import aws
 from metering.model import AlertRecord, PeriodRef
 from metering.store import MeteringStore
 from metering.store.alerts import Alerts
-from metering.store.keys import ALERTS_SK, CONTACT_PREFIX, INVOICE_SK, REJECTED_PREFIX
+from metering.store.keys import ALERTS_SK, CONTACT_PREFIX, INVOICE_SK, REJECTED_PREFIX, period_pk
 from metering_tools.provisioning import LocalStack
 from metering_tools.reports import read_report
 from metering_tools.roles import Handler
@@ -216,16 +216,15 @@ class Metering:
         )
 
     def contact_items(self, account_id: str, period: str) -> set[str]:
-        """The ids of the contact items stored for a period (the tally item is not a contact)."""
+        """The ids of the contact items stored for a period."""
         return {
             item["sk"]["S"].removeprefix(CONTACT_PREFIX)
-            for item in self._query(f"{account_id}#{period}", CONTACT_PREFIX)
-            if item["sk"]["S"] != CONTACT_PREFIX
+            for item in self._query(period_pk(PeriodRef(account_id, period)), CONTACT_PREFIX)
         }
 
     def alert_claims(self, account_id: str, period: str) -> dict[int, AlertRecord]:
         """The usage alerts claimed for a period, by threshold percent."""
-        item = self._get(f"{account_id}#{period}", ALERTS_SK)
+        item = self._get(period_pk(PeriodRef(account_id, period)), ALERTS_SK)
         return Alerts.decode(item)[1] if item else {}
 
     def invoice_items(self) -> list[dict[str, Any]]:

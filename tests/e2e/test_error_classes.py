@@ -50,21 +50,6 @@ KMS_DENIED = (
 # ---- the role, and what the invocations tell the operator ----
 
 
-@pytest.fixture
-def roles(stack: LocalStack) -> StackRoles:
-    return stack_roles(TEMPLATE, stack)
-
-
-@pytest.fixture
-def identities(roles: StackRoles, stack: LocalStack) -> Iterator[FunctionIdentities]:
-    """One identity per function, created before IAM authentication is turned on, then enforced."""
-    created = FunctionIdentities.create(
-        roles.policies, region=roles.resources.region, prefix=stack.table_name
-    )
-    with created.enforced():
-        yield created
-
-
 def deploy_role_policy(identities: FunctionIdentities, policy: FunctionPolicy) -> None:
     """Replace RecordActivity's role policy, as a deployment would; moto reads it again on every request."""
     role_name = identities.role_arns[FUNCTION].rsplit("/", 1)[-1]

@@ -101,6 +101,11 @@ def invoices(store: MeteringStore, period: str, account_id: str | None = None) -
         yield _invoice_row(invoice)
 
 
+def _invoice_row(invoice: Invoice) -> dict[str, Any]:
+    row = {key: value for key, value in invoice.as_detail().items() if key != "invoiceId"}
+    return {**row, "amountEur": euros(invoice.lines.amount_cents)}
+
+
 def euros(cents: int) -> str:
     """Integer cents as a euro amount with two decimals (`325` -> `3.25`), in integer arithmetic only."""
     sign = "-" if cents < 0 else ""
@@ -108,33 +113,11 @@ def euros(cents: int) -> str:
     return f"{sign}{whole}.{rest:02d}"
 
 
-def _invoice_row(invoice: Invoice) -> dict[str, Any]:
-    row = {key: value for key, value in invoice.as_detail().items() if key != "invoiceId"}
-    return {**row, "amountEur": euros(invoice.lines.amount_cents)}
-
-
 def print_invoices(rows: Iterable[dict[str, Any]], console: Console | None = None) -> None:
     """`metering invoices --format table`: one line per invoice, amounts in cents and in euros."""
-    from rich.console import Console  # noqa: PLC0415 - rich only for tables
-    from rich.table import Table  # noqa: PLC0415
+    from metering_tools.tables import invoice_table, wide_console  # noqa: PLC0415 - rich only for tables
 
-    table = Table(title="Overusage invoices")
-    numeric = ("allowance", "active", "over", "cents", "EUR")
-    for column in ("account", "period", "plan", "cycle", *numeric):
-        table.add_column(column, justify="right" if column in numeric else "left")
-    for row in rows:
-        table.add_row(
-            row["accountId"],
-            row["period"],
-            row["plan"],
-            row["billingCycle"],
-            str(row["allowance"]),
-            str(row["activeContacts"]),
-            str(row["overusageContacts"]),
-            str(row["amountCents"]),
-            row["amountEur"],
-        )
-    (console or Console(width=max(Console().width, 120))).print(table)
+    (console or wide_console()).print(invoice_table(rows))
 
 
 def list_rejected(store: MeteringStore, month: str) -> list[dict[str, str]]:

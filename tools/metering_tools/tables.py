@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-
-def _euros(cents: int) -> str:
-    return f"EUR {cents // 100}.{cents % 100:02d}"
+from metering_tools.operations import euros
 
 
-def print_table(report: dict[str, Any], console: Console | None = None) -> None:
-    """Invoices, usage, alerts, rejected and late events, and the request counts, one table each."""
-    console = console or Console(width=max(Console().width, 120))
-    invoices = Table(title="Overusage invoices")
-    for column in ("account", "period", "plan", "cycle", "allowance", "active", "over", "amount"):
-        invoices.add_column(
-            column, justify="right" if column in {"allowance", "active", "over", "amount"} else "left"
-        )
-    for row in report["invoices"]:
-        invoices.add_row(
+def invoice_table(rows: Iterable[Mapping[str, Any]]) -> Table:
+    """One line per invoice (SPEC §3 fields), the amount in cents and in euros."""
+    table = Table(title="Overusage invoices")
+    numeric = ("allowance", "active", "over", "cents", "EUR")
+    for column in ("account", "period", "plan", "cycle", *numeric):
+        table.add_column(column, justify="right" if column in numeric else "left")
+    for row in rows:
+        table.add_row(
             row["accountId"],
             row["period"],
             row["plan"],
@@ -29,9 +26,20 @@ def print_table(report: dict[str, Any], console: Console | None = None) -> None:
             str(row["allowance"]),
             str(row["activeContacts"]),
             str(row["overusageContacts"]),
-            _euros(row["amountCents"]),
+            str(row["amountCents"]),
+            euros(row["amountCents"]),
         )
-    console.print(invoices)
+    return table
+
+
+def wide_console() -> Console:
+    return Console(width=max(Console().width, 120))
+
+
+def print_table(report: dict[str, Any], console: Console | None = None) -> None:
+    """Invoices, usage, alerts, rejected and late events, and the request counts, one table each."""
+    console = console or wide_console()
+    console.print(invoice_table(report["invoices"]))
 
     usage = Table(title="Usage")
     for column in ("account", "period", "active contacts", "closed"):
