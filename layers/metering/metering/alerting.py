@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from metering import gateways
 from metering.model import Activation, AlertRecord, PeriodRef
-from metering.rules import Subscription, threshold_contacts, utc_iso
+from metering.placement import EventSubscription, Unread
+from metering.rules import PLANS, Subscription, threshold_contacts, utc_iso
 
 if TYPE_CHECKING:
     from metering.store import MeteringStore
@@ -56,15 +57,24 @@ def crossings(
     return crossed
 
 
+SMALLEST_ALLOWANCE = min(plan.included_contacts for plan in PLANS.values() if plan.billed)
+"""The least allowance any billed subscription has (add-ons only raise it): what an unread one may have."""
+
+
 def lowest_need(
-    thresholds: Iterable[int], claimed: Collection[int], subscriptions: Iterable[Subscription]
+    thresholds: Iterable[int], claimed: Collection[int], subscriptions: Iterable[EventSubscription]
 ) -> int | None:
-    """The smallest count at which any unclaimed threshold could be reached for these subscriptions; None
-    when no threshold can be (nothing billed, or every threshold claimed)."""
-    needs = [
-        threshold_contacts(subscription.allowance, percent)
+    """The smallest count at which any unclaimed threshold could be reached for these subscriptions (an
+    unread one may be any billed subscription); None when no threshold can be (nothing billed, or every
+    threshold claimed)."""
+    allowances = {
+        SMALLEST_ALLOWANCE if isinstance(subscription, Unread) else subscription.allowance
         for subscription in subscriptions
-        if subscription.billed
+        if isinstance(subscription, Unread) or (subscription is not None and subscription.billed)
+    }
+    needs = [
+        threshold_contacts(allowance, percent)
+        for allowance in allowances
         for percent in thresholds
         if percent not in claimed
     ]

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import StrEnum
+from enum import Enum, StrEnum
 
-from metering.events import ContactEvent, StatusRenamed, SubscriptionChanged
+from metering.events import MAX_INLINE_CONTACT_IDS, ContactEvent, StatusRenamed, SubscriptionChanged
 from metering.intake import FanOutContext
 from metering.model import Activation, CloseState, PeriodRef
 from metering.rules import (
@@ -66,11 +66,23 @@ class ChangeEvent:
 BatchEntry = ActivityEvent | ChangeEvent
 
 
+class Unread(Enum):
+    """The subscription of an event placed without its account's history (far from every edge and close,
+    where only an alert needs it): read after the writes, and only when the count may reach a threshold."""
+
+    SUBSCRIPTION = "unread"
+
+
+UNREAD = Unread.SUBSCRIPTION
+EventSubscription = Subscription | None | Unread
+"""The subscription in effect for an event: none (unbilled), or not read yet."""
+
+
 @dataclass(frozen=True, slots=True)
 class Judgement:
     ref: PeriodRef
     close_instant: datetime
-    subscription: Subscription | None
+    subscription: EventSubscription
     disposition: Disposition
 
 
@@ -101,12 +113,10 @@ def subscription_of(event: SubscriptionChanged) -> Subscription:
     )
 
 
-def needs_judging(
-    entry: ActivityEvent, close_states: Mapping[str, CloseState], grace: timedelta, known_active: bool
-) -> bool:
-    """Whether an event needs its account's history to be judged. One that changes nothing does not: far
-    from every month edge (so in its UTC month in every zone), early enough that its period cannot be closed
-    or sealed yet, and touching only contacts this container knows are active there."""
+def needs_judging(entry: ActivityEvent, close_states: Mapping[str, CloseState], grace: timedelta) -> bool:
+    """Whether an event needs its account's history to be placed. One far from every month edge (so in its
+    UTC month in every zone), early enough that its period cannot be closed or sealed yet, and small enough
+    to be recorded here does not: it is open in its UTC month whatever the history says."""
     if entry.context is not None:
         return False
     occurred, period = entry.event.occurred_at, utc_period(entry.event.occurred_at)
@@ -114,7 +124,8 @@ def needs_judging(
     earliest = earliest_close(period, grace)
     state = close_states.get(period)
     may_be_sealed = state is not None and (state.complete or (state.closed_through or earliest) >= earliest)
-    return near_edge or may_be_sealed or entry.event.time >= earliest or not known_active
+    fanned_out = entry.contact_ids is None or len(entry.contact_ids) > MAX_INLINE_CONTACT_IDS
+    return near_edge or may_be_sealed or entry.event.time >= earliest or fanned_out
 
 
 def judge_batch(
@@ -123,8 +134,9 @@ def judge_batch(
     close_states: Mapping[str, CloseState],
     grace: timedelta,
 ) -> BatchPlan:
-    """Walk the batch in delivery order. `histories` holds the accounts whose events need judging (others'
-    events change nothing); a change already stored keeps the frozen periods it was stored with."""
+    """Walk the batch in delivery order. `histories` holds the accounts whose events need judging; the
+    others' events are open in their UTC month with their subscription unread. A change already stored keeps
+    the frozen periods it was stored with."""
     plan = BatchPlan()
     current = dict(histories)
     for entry in entries:
@@ -138,7 +150,16 @@ def judge_batch(
             plan.judged.append(Judged(entry, _judge_chunk(entry, entry.context, close_states)))
         elif entry.account_id in current:
             plan.judged.append(Judged(entry, judge(entry, current[entry.account_id], close_states, grace)))
+        else:
+            plan.judged.append(Judged(entry, _place_in_utc_month(entry, grace)))
     return plan
+
+
+def _place_in_utc_month(entry: ActivityEvent, grace: timedelta) -> Judgement:
+    period = utc_period(entry.event.occurred_at)
+    return Judgement(
+        PeriodRef(entry.account_id, period), earliest_close(period, grace), UNREAD, Disposition.OPEN
+    )
 
 
 def judge(
@@ -213,7 +234,7 @@ class PeriodWork:
 
     ref: PeriodRef
     message_ids: set[str] = field(default_factory=set)
-    activations: dict[str, tuple[Activation, Subscription | None]] = field(default_factory=dict)
+    activations: dict[str, tuple[Activation, EventSubscription]] = field(default_factory=dict)
     """Contact -> its activation and the subscription of the event that made it active (for alerts)."""
     origins: dict[str, tuple[int, int, str]] = field(default_factory=dict)
     """Contact -> (delivery position of its activating event, order of activation, that event's message)."""
@@ -235,10 +256,6 @@ class PeriodWork:
                     )
                     self.origins[contact_id] = (entry.position, len(self.activations), entry.message_id)
                     self.activations[contact_id] = (activation, judgement.subscription)
-
-    @property
-    def billed_subscriptions(self) -> list[Subscription]:
-        return [sub for _, sub in self.activations.values() if sub is not None and sub.billed]
 
 
 def period_work(judged: Iterable[Judged]) -> dict[PeriodRef, PeriodWork]:

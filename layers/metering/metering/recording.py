@@ -4,6 +4,9 @@ Stages: intake (parse or reject) -> claim checks resolved -> placement in delive
 -> contact writes (one conditional put per new contact) -> late events -> usage alerts (`alerting`).
 A contact item is the record of activity: the count of a period is the number of its contact items, read
 with a Query when an alert may be due and at close. Nothing here keeps a running count that could drift.
+An account's subscription history is read before placement only where it can change the placement (a
+change in the batch, a month edge, a close near); elsewhere it is read after the writes, and only for a
+period whose count has reached the least count at which any billed subscription has an alert due.
 Failures are confined: only the records of an account-period whose writes failed go back to the queue.
 """
 
@@ -43,14 +46,16 @@ from metering.placement import (
     BatchEntry,
     ChangeEvent,
     Disposition,
+    EventSubscription,
     Judged,
     PeriodWork,
+    Unread,
     judge_batch,
     needs_judging,
     period_work,
     subscription_of,
 )
-from metering.rules import History, Subscription, periods_near, utc_iso, utc_period
+from metering.rules import History, periods_near, utc_iso
 
 if TYPE_CHECKING:
     from metering.settings import RecorderSettings
@@ -115,10 +120,13 @@ class ClaimedThresholds:
                 del self._claimed[stale]
 
 
-@dataclass(frozen=True, slots=True)
-class _Reads:
-    active: dict[tuple[PeriodRef, str], ContactRecord]
-    alerts: dict[PeriodRef, dict[int, AlertRecord]]
+@dataclass(slots=True)
+class _NewContacts:
+    """The contacts a batch made active in one period, in delivery order, and whether any of them was made
+    active by an earlier attempt of a redelivered message (whose alerts may still be unpublished)."""
+
+    contacts: list[tuple[Activation, EventSubscription]] = field(default_factory=list)
+    redelivered: bool = False
 
 
 @dataclass(slots=True)
@@ -146,12 +154,12 @@ class Recorder:
         work = period_work(judged)
         try:
             self._open_periods(work, plan_states)
-            reads = self._read_periods(work)
+            active = self._read_active(work)
         except StoreUnavailable as exc:
             outcome.fail((m for w in work.values() for m in w.message_ids), None, str(exc))
             return outcome
-        self._write_contacts(work, reads, retries, outcome)
-        self._record_late(work, reads, outcome)
+        self._write_contacts(work, active, retries, outcome)
+        self._record_late(work, active, outcome)
         touches = sum(len(e.contact_ids or ()) for e in entries if isinstance(e, ActivityEvent))
         outcome.duplicate_touches = max(0, touches - outcome.activations - outcome.fanned_out_contacts)
         return outcome
@@ -219,16 +227,11 @@ class Recorder:
         accounts |= {
             e.account_id
             for e in entries
-            if isinstance(e, ActivityEvent)
-            and needs_judging(e, close_states, self.settings.grace, self._all_known(e))
+            if isinstance(e, ActivityEvent) and needs_judging(e, close_states, self.settings.grace)
         }
         stored = self.store.subscriptions.histories(accounts)
         default = self.settings.default_timezone
         return close_states, {account: History.of(stored[account], default) for account in accounts}
-
-    def _all_known(self, entry: ActivityEvent) -> bool:
-        ref = PeriodRef(entry.account_id, utc_period(entry.event.occurred_at))
-        return all((ref, contact_id) in self.known for contact_id in entry.contact_ids or ())
 
     def _fan_out(self, judged: Sequence[Judged], outcome: RecordingOutcome) -> list[Judged]:
         """Hand the contacts of renames too large for one batch to the fan-out queue in chunks that carry the
@@ -244,6 +247,7 @@ class Recorder:
                 kept.append(Judged(_without_contacts(entry), judgement))
                 continue
             assert isinstance(entry.event, StatusRenamed)
+            assert not isinstance(judgement.subscription, Unread)  # a rename to fan out is always judged
             context = FanOutContext(
                 original_event_id=entry.event.id,
                 period=judgement.ref.period,
@@ -267,50 +271,42 @@ class Recorder:
         for period in sorted({ref.period for ref, w in work.items() if w.activations} - set(states)):
             self.store.close_states.open(period)
 
-    def _read_periods(self, work: Mapping[PeriodRef, PeriodWork]) -> _Reads:
+    def _read_active(
+        self, work: Mapping[PeriodRef, PeriodWork]
+    ) -> dict[tuple[PeriodRef, str], ContactRecord]:
         unknown = [
             (ref, contact_id)
             for ref, w in work.items()
             for contact_id in [*w.activations, *(c for e in w.sealed for c in e.contact_ids or ())]
             if (ref, contact_id) not in self.known
         ]
-        alert_refs = [
-            ref
-            for ref, w in work.items()
-            if alerting.lowest_need(
-                self.settings.alert_thresholds, self.claimed.get(ref), w.billed_subscriptions
-            )
-            is not None
-        ]
-        active, alerts = self.store.read_periods(unknown, alert_refs)
-        for ref, claims in alerts.items():
-            self.claimed.add(ref, claims)
-        return _Reads(active, alerts)
+        return self.store.read_periods(unknown, [])[0] if unknown else {}
 
     def _write_contacts(
         self,
         work: Mapping[PeriodRef, PeriodWork],
-        reads: _Reads,
+        active: Mapping[tuple[PeriodRef, str], ContactRecord],
         retries: set[str],
         outcome: RecordingOutcome,
     ) -> None:
         """Write every new contact of every open period at once (round trips overlap), then per period: the
         contacts this batch made active, and the alerts they cross."""
-        pending: list[tuple[Activation, PeriodWork]] = []
-        new: dict[PeriodRef, list[tuple[Activation, Subscription | None]]] = defaultdict(list)
+        pending: list[Activation] = []
+        new: dict[PeriodRef, _NewContacts] = defaultdict(_NewContacts)
         for ref, w in work.items():
             for contact_id, (activation, subscription) in w.activations.items():
                 if (ref, contact_id) in self.known:
                     continue
-                record = reads.active.get((ref, contact_id))
+                record = active.get((ref, contact_id))
                 if record is None:
-                    pending.append((activation, w))
+                    pending.append(activation)
                 elif record.first_event_id == activation.event_id and _message_of(w, activation) in retries:
-                    new[ref].append((activation, subscription))
-        results = self.store.contacts.activate([activation for activation, _ in pending])
+                    new[ref].contacts.append((activation, subscription))
+                    new[ref].redelivered = True
+        results = self.store.contacts.activate(pending)
         failed_refs = {activation.ref for activation in results.failed}
         for activation in results.inserted:
-            new[activation.ref].append(
+            new[activation.ref].contacts.append(
                 (activation, work[activation.ref].activations[activation.contact_id][1])
             )
         inserted = Counter(activation.ref for activation in results.inserted)
@@ -318,43 +314,34 @@ class Recorder:
             outcome.activations += inserted[ref]
             if ref in failed_refs:
                 outcome.fail(w.message_ids, ref, "contact writes kept failing")
-            elif not new.get(ref) or self._alert(
-                w, sorted(new[ref], key=lambda pair: _position(w, pair[0])), reads, outcome
-            ):
+                continue
+            found = new.get(ref)
+            if found:
+                found.contacts.sort(key=lambda pair: _position(w, pair[0]))
+            if not found or self._alert(w, found, outcome):
                 self.known.add_all(ref, w.activations)
 
-    def _alert(
-        self,
-        w: PeriodWork,
-        new_contacts: Sequence[tuple[Activation, Subscription | None]],
-        reads: _Reads,
-        outcome: RecordingOutcome,
-    ) -> bool:
+    def _alert(self, w: PeriodWork, new: _NewContacts, outcome: RecordingOutcome) -> bool:
         """Claim and publish the thresholds the new contacts cross; False when the period must be retried
-        (its contacts are then not remembered as done, so the retry checks them again)."""
+        (its contacts are then not remembered as done, so the retry checks them again). The count is read
+        only while some threshold may be due, the history and the claims only once the count reaches the
+        least count at which one can be; a redelivery always reads the claims, to publish one its first
+        attempt claimed and could not publish."""
         ref, thresholds = w.ref, self.settings.alert_thresholds
-        claims = reads.alerts.get(ref, {})
-        claimed = self.claimed.get(ref)
-        subscriptions = [sub for _, sub in new_contacts if sub is not None]
+        subscriptions = [subscription for _, subscription in new.contacts]
         try:
+            count = self._count_if_due(
+                ref, alerting.lowest_need(thresholds, self.claimed.get(ref), subscriptions)
+            )
+            if count is None and not new.redelivered:
+                return True
+            if count is not None and any(isinstance(s, Unread) for s in subscriptions):
+                new.contacts = self._with_subscriptions(ref, new.contacts)
+            claims = self.store.read_periods([], [ref])[1].get(ref, {})
+            self.claimed.add(ref, claims)
             to_publish = alerting.overdue(claims.values(), self.settings.attempt_timeout_seconds)
-            if alerting.lowest_need(thresholds, claimed, subscriptions) is not None:
-                count = self.store.contacts.count(ref, consistent=True)
-                crossed = alerting.crossings(
-                    ref,
-                    thresholds=thresholds,
-                    claimed=claimed,
-                    count_before=count - len(new_contacts),
-                    new_contacts=new_contacts,
-                    now=int(time.time()),
-                )
-                for alert in crossed:
-                    earlier = self.store.alerts.claim(alert)
-                    if earlier is None:
-                        to_publish.append(alert)
-                    else:
-                        to_publish += alerting.overdue([earlier], self.settings.attempt_timeout_seconds)
-                self.claimed.add(ref, [alert.threshold_percent for alert in crossed])
+            if count is not None:
+                to_publish += self._claim_crossed(ref, count, new.contacts)
             unique = list({alert.threshold_percent: alert for alert in to_publish}.values())
             alerting.publish(self.store, self.settings.alert_channels, ref, unique)
         except StoreUnavailable as exc:
@@ -363,8 +350,56 @@ class Recorder:
         outcome.alerts.extend(unique)
         return True
 
+    def _count_if_due(self, ref: PeriodRef, possible: int | None) -> int | None:
+        """The period's count, when it has reached `possible`, the least count at which a threshold may be
+        due; None when none can be."""
+        if possible is None:
+            return None
+        count = self.store.contacts.count(ref, consistent=True)
+        return count if count >= possible else None
+
+    def _with_subscriptions(
+        self, ref: PeriodRef, contacts: Sequence[tuple[Activation, EventSubscription]]
+    ) -> list[tuple[Activation, EventSubscription]]:
+        """The subscription of each activation placed without its history, as placement would have judged it:
+        the account's history had no change in this batch, so the history read now is the one before it."""
+        history = History.of(self.store.subscriptions.history(ref.account_id), self.settings.default_timezone)
+        for_period = history.for_period(ref.period)
+        return [
+            (activation, for_period.at(activation.occurred_at) if isinstance(sub, Unread) else sub)
+            for activation, sub in contacts
+        ]
+
+    def _claim_crossed(
+        self, ref: PeriodRef, count: int, contacts: Sequence[tuple[Activation, EventSubscription]]
+    ) -> list[AlertRecord]:
+        """Claim the thresholds crossed by `contacts` (the last of the `count` active contacts); returns the
+        claims to publish: this caller's, and earlier ones whose claimer can no longer publish them."""
+        claimed = self.claimed.get(ref)
+        judged = [(activation, None if isinstance(sub, Unread) else sub) for activation, sub in contacts]
+        crossed = alerting.crossings(
+            ref,
+            thresholds=self.settings.alert_thresholds,
+            claimed=claimed,
+            count_before=count - len(contacts),
+            new_contacts=judged,
+            now=int(time.time()),
+        )
+        to_publish: list[AlertRecord] = []
+        for alert in crossed:
+            earlier = self.store.alerts.claim(alert)
+            if earlier is None:
+                to_publish.append(alert)
+            else:
+                to_publish += alerting.overdue([earlier], self.settings.attempt_timeout_seconds)
+        self.claimed.add(ref, [alert.threshold_percent for alert in crossed])
+        return to_publish
+
     def _record_late(
-        self, work: Mapping[PeriodRef, PeriodWork], reads: _Reads, outcome: RecordingOutcome
+        self,
+        work: Mapping[PeriodRef, PeriodWork],
+        active: Mapping[tuple[PeriodRef, str], ContactRecord],
+        outcome: RecordingOutcome,
     ) -> None:
         """Events past their close instant are late; events of a sealed period are late unless every contact
         they touch was already active (a redelivery of something counted before the seal changes nothing)."""
@@ -372,11 +407,11 @@ class Recorder:
         late: list[tuple[LateEvent, str]] = []
         for ref, w in work.items():
 
-            def active(contact_id: str, ref: PeriodRef = ref, w: PeriodWork = w) -> bool:
+            def was_active(contact_id: str, ref: PeriodRef = ref, w: PeriodWork = w) -> bool:
                 key = (ref, contact_id)
-                return key in reads.active or key in self.known or contact_id in w.activations
+                return key in active or key in self.known or contact_id in w.activations
 
-            making_a_difference = [e for e in w.sealed if not all(map(active, e.contact_ids or ()))]
+            making_a_difference = [e for e in w.sealed if not all(map(was_active, e.contact_ids or ()))]
             for entry in [*w.late, *making_a_difference]:
                 event = entry.event
                 record = LateEvent(
