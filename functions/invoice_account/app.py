@@ -3,7 +3,7 @@
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from metering.closing import CloseRequest, InvoicePublishFailed, close_account
+from metering.closing import CloseRequest, CloseStatesRead, InvoicePublishFailed, close_account
 from metering.model import StoreUnavailable
 from metering.observability import (
     MetricUnit,
@@ -22,7 +22,7 @@ SETTINGS = InvoiceSettings.from_env()
 STORE = MeteringStore(SETTINGS.table_name)
 
 
-def close_one(record: dict[str, Any]) -> bool:
+def close_one(record: dict[str, Any], states: CloseStatesRead) -> bool:
     """Close the record's period; False when it must be retried (a transient failure, logged) or cannot be
     read (it goes on to the close DLQ)."""
     try:
@@ -31,7 +31,7 @@ def close_one(record: dict[str, Any]) -> bool:
         logger.error("close request unreadable", extra={"messageId": record["messageId"], "error": str(exc)})
         return False
     try:
-        result = close_account(request, STORE, SETTINGS)
+        result = close_account(request, STORE, SETTINGS, states)
     except StoreUnavailable as exc:
         if isinstance(exc, InvoicePublishFailed):
             metrics.add_metric(name="InvoicePublishFailures", unit=MetricUnit.Count, value=1)
@@ -48,5 +48,6 @@ def close_one(record: dict[str, Any]) -> bool:
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     with dynamodb_request_metrics(), surfaced_faults():
-        failed = [record["messageId"] for record in event["Records"] if not close_one(record)]
+        states = CloseStatesRead(STORE)
+        failed = [record["messageId"] for record in event["Records"] if not close_one(record, states)]
     return batch_item_failures(failed)

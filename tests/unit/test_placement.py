@@ -110,3 +110,11 @@ def test_no_alert_is_due_once_every_threshold_is_claimed_or_nothing_is_billed() 
     assert lowest_need(THRESHOLDS, frozenset(), [legacy, None]) is None
     # And with 80 % claimed, a grow subscription is next due at its allowance
     assert lowest_need(THRESHOLDS, frozenset({80}), [berlin_grow()]) == 250
+
+
+def test_an_event_of_a_period_that_is_only_open_needs_no_history() -> None:
+    # Given a period the close job knows has activity, and has not sealed for anyone
+    state = CloseState("2026-10")
+    # When a mid-month event of it arrives
+    # Then its history is not needed to place it
+    assert not needs_judging(activity("2026-10-15T12:00:00Z"), {"2026-10": state}, GRACE)

@@ -244,13 +244,28 @@ def _send(settings: CloseSettings, requests: list[str], result: CloseRun) -> Non
     result.requests_sent += len(requests)
 
 
+@dataclass(slots=True)
+class CloseStatesRead:
+    """The close states one InvoiceAccount invocation has read. Every request it handles was sent after the
+    seal it answers, before the invocation began, and a state only moves forward: one read per period
+    serves every account of it in the batch."""
+
+    store: MeteringStore
+    _states: dict[str, CloseState] = field(default_factory=dict)
+
+    def of(self, period: str) -> CloseState:
+        if period not in self._states:
+            self._states[period] = self.store.close_states.read_since(period).get(period, CloseState(period))
+        return self._states[period]
+
+
 def close_account(
-    request: CloseRequest, store: MeteringStore, settings: InvoiceSettings
+    request: CloseRequest, store: MeteringStore, settings: InvoiceSettings, states: CloseStatesRead
 ) -> CloseResult | None:
     """Bill one account's sealed period. None when the period is not sealed for this account (a request
     sent too early); NotFencedYet (retried) while a recording that saw it open may still write."""
     ref = request.ref
-    state = store.close_states.read_since(ref.period).get(ref.period, CloseState(ref.period))
+    state = states.of(ref.period)
     history = History.of(store.subscriptions.history(ref.account_id), settings.default_timezone)
     if not state.seals(history.for_period(ref.period).close_instant(ref.period, settings.grace)):
         return None

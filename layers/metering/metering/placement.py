@@ -123,7 +123,9 @@ def needs_judging(entry: ActivityEvent, close_states: Mapping[str, CloseState], 
     near_edge = utc_period(occurred - ZONE_REACH) != period or utc_period(occurred + ZONE_REACH) != period
     earliest = earliest_close(period, grace)
     state = close_states.get(period)
-    may_be_sealed = state is not None and (state.complete or (state.closed_through or earliest) >= earliest)
+    may_be_sealed = state is not None and (
+        state.complete or (state.closed_through is not None and state.closed_through >= earliest)
+    )
     fanned_out = entry.contact_ids is None or len(entry.contact_ids) > MAX_INLINE_CONTACT_IDS
     return near_edge or may_be_sealed or entry.event.time >= earliest or fanned_out
 

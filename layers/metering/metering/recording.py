@@ -55,7 +55,7 @@ from metering.placement import (
     period_work,
     subscription_of,
 )
-from metering.rules import History, periods_near, utc_iso
+from metering.rules import History, periods_near, utc_iso, utc_period
 
 if TYPE_CHECKING:
     from metering.settings import RecorderSettings
@@ -120,6 +120,25 @@ class ClaimedThresholds:
                 del self._claimed[stale]
 
 
+class PopulousPeriods:
+    """Periods this container has seen reach the least count at which any billed subscription has an alert
+    due (counts only grow): their events are placed with the account's history read up front, so an
+    unbilled account's count is not read in every batch. Bounded; forgets its oldest entries first."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._refs: dict[PeriodRef, None] = {}
+
+    def __contains__(self, ref: PeriodRef) -> bool:
+        return ref in self._refs
+
+    def add(self, ref: PeriodRef) -> None:
+        self._refs[ref] = None
+        if len(self._refs) > self._capacity:
+            for stale in list(self._refs)[: self._capacity // 10]:
+                del self._refs[stale]
+
+
 @dataclass(slots=True)
 class _NewContacts:
     """The contacts a batch made active in one period, in delivery order, and whether any of them was made
@@ -137,6 +156,7 @@ class Recorder:
     store: MeteringStore
     known: KnownActiveContacts = field(default_factory=KnownActiveContacts)
     claimed: ClaimedThresholds = field(default_factory=ClaimedThresholds)
+    populous: PopulousPeriods = field(default_factory=PopulousPeriods)
 
     def record(self, records: Sequence[InboundRecord]) -> RecordingOutcome:
         outcome = RecordingOutcome()
@@ -227,7 +247,11 @@ class Recorder:
         accounts |= {
             e.account_id
             for e in entries
-            if isinstance(e, ActivityEvent) and needs_judging(e, close_states, self.settings.grace)
+            if isinstance(e, ActivityEvent)
+            and (
+                needs_judging(e, close_states, self.settings.grace)
+                or PeriodRef(e.account_id, utc_period(e.event.occurred_at)) in self.populous
+            )
         }
         stored = self.store.subscriptions.histories(accounts)
         default = self.settings.default_timezone
@@ -333,10 +357,14 @@ class Recorder:
             count = self._count_if_due(
                 ref, alerting.lowest_need(thresholds, self.claimed.get(ref), subscriptions)
             )
+            if count is not None and any(isinstance(s, Unread) for s in subscriptions):
+                self.populous.add(ref)
+                new.contacts = self._with_subscriptions(ref, new.contacts)
+                resolved = [subscription for _, subscription in new.contacts]
+                need = alerting.lowest_need(thresholds, self.claimed.get(ref), resolved)
+                count = count if need is not None and count >= need else None
             if count is None and not new.redelivered:
                 return True
-            if count is not None and any(isinstance(s, Unread) for s in subscriptions):
-                new.contacts = self._with_subscriptions(ref, new.contacts)
             claims = self.store.read_periods([], [ref])[1].get(ref, {})
             self.claimed.add(ref, claims)
             to_publish = alerting.overdue(claims.values(), self.settings.attempt_timeout_seconds)
