@@ -16,8 +16,9 @@ from typing import Any
 
 import boto3
 import pytest
+from metering.model import PeriodRef
 from metering.observability import metrics
-from metering.store.alerts import Alerts
+from metering.store.alerts import TALLY, Alerts
 from metering_tools.provisioning import LocalStack
 from metering_tools.testkit import sqs_event
 from moto.core.botocore_stubber import BotocoreStubber
@@ -150,6 +151,78 @@ def test_alerts_stay_single_when_batches_are_redelivered_to_cold_containers_in_a
     alerts = metering.alert_claims("acc-cold", OCTOBER)
     assert sorted(alerts) == [80, 100]
     assert all(alert.published for alert in alerts.values())
+
+
+def tally(metering: Metering, account_id: str) -> int | None:
+    """The tally of the account's October alerts item (None before the period is large to any batch)."""
+    item = boto3.client("dynamodb").get_item(
+        TableName=metering.stack.table_name,
+        Key=Alerts.key(PeriodRef(account_id, OCTOBER)),
+        ConsistentRead=True,
+    )
+    value = item.get("Item", {}).get(TALLY)
+    return int(value["N"]) if value else None
+
+
+def test_a_large_period_alerts_at_the_exact_contact_while_its_batches_only_add_to_a_tally(
+    metering: Metering,
+) -> None:
+    # Given an account on grow (allowance 250: 80 % at 200 contacts, 100 % at 250) with 148 active contacts
+    metering.record_events([subscription_changed("acc-large", "grow", "2026-09-01T00:00:00Z")])
+    metering.record_events(contact_events("acc-large", contact_ids("con", 148), "2026-10-02T09:00:00Z"))
+    assert tally(metering, "acc-large") is None
+    # When batches of 5 new contacts follow, alternately on the warm container and on cold ones
+    responses = []
+    for start in range(149, 259, 5):
+        if start % 2:
+            metering.cold_start()
+        batch = contact_events("acc-large", contact_ids("con", 5, start), "2026-10-05T09:00:00Z")
+        responses.append(metering.record_events(batch)[1])
+
+    # Then every batch succeeded and the count is exact
+    assert [failed_ids(response) for response in responses] == [[]] * len(responses)
+    assert metering.counts("acc-large", OCTOBER) == (258, set(contact_ids("con", 258)))
+    # And the alerts were raised by the 200th and the 250th contact, as if every batch had counted
+    assert alert_rows(metering.events_published(USAGE_ALERT)) == [
+        ("acc-large", OCTOBER, 80, 200, 250, "grow"),
+        ("acc-large", OCTOBER, 100, 250, 250, "grow"),
+    ]
+    # And from the batch that took the period to 150 contacts to the one that crossed 100 %, every batch added
+    # its new contacts to the tally, the bound that decides when the exact count is read; the last one, with
+    # both thresholds claimed, did not
+    assert tally(metering, "acc-large") == 253 - 148
+
+
+@pytest.mark.usefixtures("atomic_requests")
+def test_containers_racing_on_a_large_period_raise_each_alert_once(metering: Metering) -> None:
+    # Given five accounts on grow (80 % at 200 contacts) with 190 active contacts each, large to one container
+    accounts = [f"acc-large-race-{number}" for number in range(1, 6)]
+    metering.record_events(
+        [subscription_changed(account, "grow", "2026-09-01T00:00:00Z") for account in accounts]
+    )
+    warm = metering.container("RecordActivity")
+    invoke = partial(metering.invoke, "RecordActivity")
+    for account in accounts:
+        invoke(
+            sqs_event(contact_events(account, contact_ids("con", 190), "2026-10-02T09:00:00Z")),
+            container=warm,
+        )
+
+    for account in accounts:
+        # When the warm container (which adds to the tally) and a cold one (which counts) each get a batch of
+        # 6 new contacts at the same instant: neither crosses 80 % alone, together they do
+        cold = metering.container("RecordActivity")
+        left = sqs_event(contact_events(account, contact_ids("con", 6, 191), "2026-10-05T09:00:00Z"))
+        right = sqs_event(contact_events(account, contact_ids("con", 6, 197), "2026-10-05T09:00:01Z"))
+        responses = race(partial(invoke, left, container=warm), partial(invoke, right, container=cold))
+
+        # Then both succeed and the count is exact
+        assert [failed_ids(response) for response in responses] == [[], []]
+        assert metering.counts(account, OCTOBER) == (202, set(contact_ids("con", 202)))
+
+    # And each account got its 80 % alert exactly once, with a count one of the containers saw
+    claimed = assert_one_alert_per_threshold(metering, [(account, OCTOBER, 80) for account in accounts])
+    assert all(200 <= alert["activeContacts"] <= 202 for alert in claimed.values())
 
 
 def test_a_new_period_gets_its_own_alerts(metering: Metering) -> None:

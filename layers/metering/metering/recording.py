@@ -61,6 +61,10 @@ if TYPE_CHECKING:
     from metering.settings import RecorderSettings
     from metering.store import MeteringStore
 
+LARGE_PERIOD = 150
+"""Contacts from which a period's batches add to its tally instead of counting it: a consistent count of 150
+contact items (about 120 bytes each) reads 5 units of 4 KB, what one write unit costs."""
+
 
 @dataclass(slots=True)
 class RecordingOutcome:
@@ -120,10 +124,9 @@ class ClaimedThresholds:
                 del self._claimed[stale]
 
 
-class PopulousPeriods:
-    """Periods this container has seen reach the least count at which any billed subscription has an alert
-    due (counts only grow): their events are placed with the account's history read up front, so an
-    unbilled account's count is not read in every batch. Bounded; forgets its oldest entries first."""
+class RememberedPeriods:
+    """Periods this container has seen reach some count (counts only grow, so a hit is always true).
+    Bounded; forgets its oldest entries first."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         self._capacity = capacity
@@ -156,7 +159,11 @@ class Recorder:
     store: MeteringStore
     known: KnownActiveContacts = field(default_factory=KnownActiveContacts)
     claimed: ClaimedThresholds = field(default_factory=ClaimedThresholds)
-    populous: PopulousPeriods = field(default_factory=PopulousPeriods)
+    populous: RememberedPeriods = field(default_factory=RememberedPeriods)
+    """Periods seen at the least count at which any billed subscription has an alert due: their events are
+    placed with the account's history read up front, so an unbilled account's count is never read."""
+    large: RememberedPeriods = field(default_factory=RememberedPeriods)
+    """Periods seen at `LARGE_PERIOD` contacts: their batches add to the tally instead of counting."""
 
     def record(self, records: Sequence[InboundRecord]) -> RecordingOutcome:
         outcome = RecordingOutcome()
@@ -347,22 +354,12 @@ class Recorder:
 
     def _alert(self, w: PeriodWork, new: _NewContacts, outcome: RecordingOutcome) -> bool:
         """Claim and publish the thresholds the new contacts cross; False when the period must be retried
-        (its contacts are then not remembered as done, so the retry checks them again). The count is read
-        only while some threshold may be due, the history and the claims only once the count reaches the
-        least count at which one can be; a redelivery always reads the claims, to publish one its first
-        attempt claimed and could not publish."""
-        ref, thresholds = w.ref, self.settings.alert_thresholds
-        subscriptions = [subscription for _, subscription in new.contacts]
+        (its contacts are then not remembered as done, so the retry checks them again). The claims are read
+        only when a threshold may have been crossed (`_due_count`), or for a redelivery, which may have to
+        publish one its first attempt claimed and could not publish."""
+        ref = w.ref
         try:
-            count = self._count_if_due(
-                ref, alerting.lowest_need(thresholds, self.claimed.get(ref), subscriptions)
-            )
-            if count is not None and any(isinstance(s, Unread) for s in subscriptions):
-                self.populous.add(ref)
-                new.contacts = self._with_subscriptions(ref, new.contacts)
-                resolved = [subscription for _, subscription in new.contacts]
-                need = alerting.lowest_need(thresholds, self.claimed.get(ref), resolved)
-                count = count if need is not None and count >= need else None
+            count = self._due_count(ref, new)
             if count is None and not new.redelivered:
                 return True
             claims = self.store.read_periods([], [ref])[1].get(ref, {})
@@ -378,13 +375,46 @@ class Recorder:
         outcome.alerts.extend(unique)
         return True
 
-    def _count_if_due(self, ref: PeriodRef, possible: int | None) -> int | None:
-        """The period's count, when it has reached `possible`, the least count at which a threshold may be
-        due; None when none can be."""
-        if possible is None:
+    def _due_count(self, ref: PeriodRef, new: _NewContacts) -> int | None:
+        """The period's exact count when the new contacts may have crossed a threshold; None when they
+        cannot have. A small period is counted (a few KB); a large one adds its new contacts to the
+        period's tally and is counted only when `LARGE_PERIOD - 1 + tally` reaches the next threshold.
+        That bound holds because every batch adds after its writes once the period is large to it, and
+        the contacts of batches that never added are fewer than `LARGE_PERIOD` (each such batch counted
+        fewer after writing); the last batch to add before a crossing therefore sees it."""
+        need = self._need(ref, new)
+        if need is None:
             return None
-        count = self.store.contacts.count(ref, consistent=True)
-        return count if count >= possible else None
+        if ref in self.large:
+            tally = self._add_to_tally(ref, new)
+            need = self._need(ref, new)
+            if need is None or LARGE_PERIOD - 1 + tally < need:
+                return None
+            count = self.store.contacts.count(ref, consistent=True)
+        else:
+            count = self.store.contacts.count(ref, consistent=True)
+            if count >= LARGE_PERIOD:
+                self.large.add(ref)
+                tally = self._add_to_tally(ref, new)
+                need = self._need(ref, new)
+                if need is not None and count < need <= LARGE_PERIOD - 1 + tally:
+                    count = self.store.contacts.count(ref, consistent=True)
+        if need is None or count < need:
+            return None
+        if any(isinstance(subscription, Unread) for _, subscription in new.contacts):
+            self.populous.add(ref)
+            new.contacts = self._with_subscriptions(ref, new.contacts)
+            need = self._need(ref, new)
+        return count if need is not None and count >= need else None
+
+    def _need(self, ref: PeriodRef, new: _NewContacts) -> int | None:
+        subscriptions = [subscription for _, subscription in new.contacts]
+        return alerting.lowest_need(self.settings.alert_thresholds, self.claimed.get(ref), subscriptions)
+
+    def _add_to_tally(self, ref: PeriodRef, new: _NewContacts) -> int:
+        tally, claims = self.store.alerts.add_to_tally(ref, len(new.contacts))
+        self.claimed.add(ref, claims)
+        return tally
 
     def _with_subscriptions(
         self, ref: PeriodRef, contacts: Sequence[tuple[Activation, EventSubscription]]

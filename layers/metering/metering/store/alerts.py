@@ -1,7 +1,9 @@
-"""Usage alerts of a period: one attribute per threshold, claimed once by a conditional write.
+"""Usage alerts of a period: one attribute per threshold, claimed once by a conditional write, and the
+tally of a large period.
 
 One top-level attribute per threshold (`alert80`, `alert100`), so the first claim creates the item and each
-claim conditions only on its own threshold."""
+claim conditions only on its own threshold. `tally` is what the batches of a large period added after they
+wrote their contacts: a bound that says when the exact count is worth reading, never a count itself."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from metering.store.keys import Key, alerts_key, ref_from_pk
 from metering.store.table import Conflict, Table
 
 ALERT_PREFIX = "alert"
+TALLY = "tally"
 
 
 def _attribute(percent: int) -> str:
@@ -63,6 +66,21 @@ class Alerts:
         if isinstance(outcome, Conflict):
             return self.decode(outcome.item)[1][alert.threshold_percent]
         return None
+
+    def add_to_tally(self, ref: PeriodRef, contacts: int) -> tuple[int, dict[int, AlertRecord]]:
+        """Add a batch's new contacts to the period's tally; the tally after it, and the claims stored."""
+        response = self._table.call(
+            self._table.client.update_item,
+            TableName=self._table.name,
+            Key=alerts_key(ref),
+            UpdateExpression="ADD #tally :contacts",
+            ExpressionAttributeNames={"#tally": TALLY},
+            ExpressionAttributeValues={":contacts": n(contacts)},
+            ReturnValues="ALL_NEW",
+        )
+        answer: Item = dict(response)
+        item: Item = answer.get("Attributes", {})
+        return number(item, TALLY), self.decode(item)[1]
 
     def mark_published(self, ref: PeriodRef, percents: Sequence[int]) -> None:
         names = {f"#a{index}": _attribute(percent) for index, percent in enumerate(percents)}
