@@ -235,6 +235,23 @@ def delete_received(sqs: Any, queue_url: str, receipt_handle: str) -> None:
         return
 
 
+def settle(sqs: Any, job: CloserJob, messages: list[Any], failed: set[str], report: Report) -> None:
+    """What SQS does after an invocation: delete what succeeded, dead-letter what failed its last receive,
+    make the rest visible again."""
+    for message in messages:
+        receives = int(message["Attributes"]["ApproximateReceiveCount"])
+        if message["MessageId"] not in failed:
+            delete_received(sqs, job.close_queue_url, message["ReceiptHandle"])
+        elif receives >= MAX_DELIVERIES:
+            report.unresolved.append(message["Body"])
+            delete_received(sqs, job.close_queue_url, message["ReceiptHandle"])
+        elif job.visibility_timeout != 0:  # visible again at once, not after the timeout
+            report.redelivered += 1
+            sqs.change_message_visibility(
+                QueueUrl=job.close_queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+
+
 def close_worker(job: CloserJob, environment: dict[str, str], sync: Sync) -> None:
     report = Report(job.name)
     deadline = time.monotonic() + WORKER_TIME_LIMIT_SECONDS
@@ -281,20 +298,7 @@ def close_worker(job: CloserJob, environment: dict[str, str], sync: Sync) -> Non
             failed = set(
                 failed_ids(invoice_account({"Records": records}, FakeLambdaContext("invoice-account")))
             )
-            for message in messages:
-                receives = int(message["Attributes"]["ApproximateReceiveCount"])
-                if message["MessageId"] not in failed:
-                    delete_received(sqs, job.close_queue_url, message["ReceiptHandle"])
-                elif receives >= MAX_DELIVERIES:
-                    report.unresolved.append(message["Body"])
-                    delete_received(sqs, job.close_queue_url, message["ReceiptHandle"])
-                elif job.visibility_timeout != 0:  # visible again at once, not after the timeout
-                    report.redelivered += 1
-                    sqs.change_message_visibility(
-                        QueueUrl=job.close_queue_url,
-                        ReceiptHandle=message["ReceiptHandle"],
-                        VisibilityTimeout=0,
-                    )
+            settle(sqs, job, messages, failed, report)
         if time.monotonic() >= deadline:
             report.error("time limit reached while draining the close queue")
     except BaseException:

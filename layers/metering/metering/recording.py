@@ -322,18 +322,7 @@ class Recorder:
     ) -> None:
         """Write every new contact of every open period at once (round trips overlap), then per period: the
         contacts this batch made active, and the alerts they cross."""
-        pending: list[Activation] = []
-        new: dict[PeriodRef, _NewContacts] = defaultdict(_NewContacts)
-        for ref, w in work.items():
-            for contact_id, (activation, subscription) in w.activations.items():
-                if (ref, contact_id) in self.known:
-                    continue
-                record = active.get((ref, contact_id))
-                if record is None:
-                    pending.append(activation)
-                elif record.first_event_id == activation.event_id and _message_of(w, activation) in retries:
-                    new[ref].contacts.append((activation, subscription))
-                    new[ref].redelivered = True
+        pending, new = contacts_to_write(work, active, retries, self.known)
         results = self.store.contacts.activate(pending)
         failed_refs = {activation.ref for activation in results.failed}
         for activation in results.inserted:
@@ -484,6 +473,30 @@ class Recorder:
             outcome.fail({message for _, message in late}, None, str(exc))
             return
         outcome.late.extend(stored)
+
+
+def contacts_to_write(
+    work: Mapping[PeriodRef, PeriodWork],
+    active: Mapping[tuple[PeriodRef, str], ContactRecord],
+    retries: set[str],
+    known: KnownActiveContacts,
+) -> tuple[list[Activation], defaultdict[PeriodRef, _NewContacts]]:
+    """The activations to write (neither known to the container nor found active), and per period the
+    contacts already new: those a redelivered message's earlier attempt made active (its alerts are due
+    again, as if this attempt had written them)."""
+    pending: list[Activation] = []
+    new: defaultdict[PeriodRef, _NewContacts] = defaultdict(_NewContacts)
+    for ref, w in work.items():
+        for contact_id, (activation, subscription) in w.activations.items():
+            if (ref, contact_id) in known:
+                continue
+            record = active.get((ref, contact_id))
+            if record is None:
+                pending.append(activation)
+            elif record.first_event_id == activation.event_id and _message_of(w, activation) in retries:
+                new[ref].contacts.append((activation, subscription))
+                new[ref].redelivered = True
+    return pending, new
 
 
 def fan_out_chunks(event: StatusRenamed, contact_ids: Sequence[str], context: FanOutContext) -> list[str]:
