@@ -13,14 +13,14 @@ Failures are confined: only the records of an account-period whose writes failed
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from metering import alerting, gateways
+from metering import gateways
+from metering.alert_stage import AlertStage, NewContacts
 from metering.events import FAN_OUT_SUFFIX, MAX_INLINE_CONTACT_IDS, StatusRenamed, SubscriptionChanged
 from metering.intake import (
     FanOutChunk,
@@ -30,6 +30,7 @@ from metering.intake import (
     parse_record,
     rejection_now,
 )
+from metering.memory import Remembered
 from metering.model import (
     Activation,
     AlertRecord,
@@ -46,7 +47,6 @@ from metering.placement import (
     BatchEntry,
     ChangeEvent,
     Disposition,
-    EventSubscription,
     Judged,
     PeriodWork,
     Unread,
@@ -60,10 +60,6 @@ from metering.rules import History, periods_near, utc_iso, utc_period
 if TYPE_CHECKING:
     from metering.settings import RecorderSettings
     from metering.store import MeteringStore
-
-LARGE_PERIOD = 150
-"""Contacts from which a period's batches add to its tally instead of counting it: a consistent count of 150
-contact items (about 120 bytes each) reads 5 units of 4 KB, what one write unit costs."""
 
 
 @dataclass(slots=True)
@@ -85,70 +81,8 @@ class RecordingOutcome:
         self.retry_reasons.append((ref, reason))
 
 
-class KnownActiveContacts:
-    """Contacts this container has seen active. Activity within a period only ever grows, so a hit is
-    always true and saves a read; the set is bounded and forgets its oldest entries first."""
-
-    def __init__(self, capacity: int = 300_000) -> None:
-        self._capacity = capacity
-        self._keys: dict[tuple[str, str, str], None] = {}
-
-    def __contains__(self, key: tuple[PeriodRef, str]) -> bool:
-        ref, contact_id = key
-        return (ref.account_id, ref.period, contact_id) in self._keys
-
-    def add_all(self, ref: PeriodRef, contact_ids: Iterable[str]) -> None:
-        for contact_id in contact_ids:
-            self._keys[(ref.account_id, ref.period, contact_id)] = None
-        overflow = len(self._keys) - self._capacity
-        if overflow > 0:
-            for stale in list(self._keys)[: overflow + self._capacity // 10]:
-                del self._keys[stale]
-
-
-class ClaimedThresholds:
-    """Thresholds this container knows are claimed, per period (claims are never undone): once all are,
-    the period needs no alert read and no count."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self._capacity = capacity
-        self._claimed: dict[PeriodRef, frozenset[int]] = {}
-
-    def get(self, ref: PeriodRef) -> frozenset[int]:
-        return self._claimed.get(ref, frozenset())
-
-    def add(self, ref: PeriodRef, percents: Iterable[int]) -> None:
-        self._claimed[ref] = self.get(ref) | frozenset(percents)
-        if len(self._claimed) > self._capacity:
-            for stale in list(self._claimed)[: self._capacity // 10]:
-                del self._claimed[stale]
-
-
-class RememberedPeriods:
-    """Periods this container has seen reach some count (counts only grow, so a hit is always true).
-    Bounded; forgets its oldest entries first."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self._capacity = capacity
-        self._refs: dict[PeriodRef, None] = {}
-
-    def __contains__(self, ref: PeriodRef) -> bool:
-        return ref in self._refs
-
-    def add(self, ref: PeriodRef) -> None:
-        self._refs[ref] = None
-        if len(self._refs) > self._capacity:
-            for stale in list(self._refs)[: self._capacity // 10]:
-                del self._refs[stale]
-
-
-@dataclass(slots=True)
-class _NewContacts:
-    """The contacts a batch made active in one period, in delivery order, and whether any of them was made
-    active by an earlier attempt of a redelivered message (whose alerts may still be unpublished)."""
-
-    contacts: list[tuple[Activation, EventSubscription]] = field(default_factory=list)
-    redelivered: bool = False
+KNOWN_CONTACTS = 300_000
+"""Contacts a container remembers as active (about 100 bytes each)."""
 
 
 @dataclass(slots=True)
@@ -157,13 +91,12 @@ class Recorder:
 
     settings: RecorderSettings
     store: MeteringStore
-    known: KnownActiveContacts = field(default_factory=KnownActiveContacts)
-    claimed: ClaimedThresholds = field(default_factory=ClaimedThresholds)
-    populous: RememberedPeriods = field(default_factory=RememberedPeriods)
-    """Periods seen at the least count at which any billed subscription has an alert due: their events are
-    placed with the account's history read up front, so an unbilled account's count is never read."""
-    large: RememberedPeriods = field(default_factory=RememberedPeriods)
-    """Periods seen at `LARGE_PERIOD` contacts: their batches add to the tally instead of counting."""
+    known: Remembered[tuple[PeriodRef, str]] = field(default_factory=lambda: Remembered(KNOWN_CONTACTS))
+    """Contacts this container has seen active: a hit saves a read."""
+    alerts: AlertStage = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.alerts = AlertStage(self.settings, self.store)
 
     def record(self, records: Sequence[InboundRecord]) -> RecordingOutcome:
         outcome = RecordingOutcome()
@@ -257,7 +190,7 @@ class Recorder:
             if isinstance(e, ActivityEvent)
             and (
                 needs_judging(e, close_states, self.settings.grace)
-                or PeriodRef(e.account_id, utc_period(e.event.occurred_at)) in self.populous
+                or PeriodRef(e.account_id, utc_period(e.event.occurred_at)) in self.alerts.populous
             )
         }
         stored = self.store.subscriptions.histories(accounts)
@@ -339,108 +272,17 @@ class Recorder:
             if found:
                 found.contacts.sort(key=lambda pair: _position(w, pair[0]))
             if not found or self._alert(w, found, outcome):
-                self.known.add_all(ref, w.activations)
+                self.known.add_all((ref, contact_id) for contact_id in w.activations)
 
-    def _alert(self, w: PeriodWork, new: _NewContacts, outcome: RecordingOutcome) -> bool:
-        """Claim and publish the thresholds the new contacts cross; False when the period must be retried
-        (its contacts are then not remembered as done, so the retry checks them again). The claims are read
-        only when a threshold may have been crossed (`_due_count`), or for a redelivery, which may have to
-        publish one its first attempt claimed and could not publish."""
-        ref = w.ref
+    def _alert(self, w: PeriodWork, new: NewContacts, outcome: RecordingOutcome) -> bool:
+        """The alerts the new contacts raise; False when the period must be retried (its contacts are then not
+        remembered as done, so the retry checks them again)."""
         try:
-            count = self._due_count(ref, new)
-            if count is None and not new.redelivered:
-                return True
-            claims = self.store.read_periods([], [ref])[1].get(ref, {})
-            self.claimed.add(ref, claims)
-            to_publish = alerting.overdue(claims.values(), self.settings.attempt_timeout_seconds)
-            if count is not None:
-                to_publish += self._claim_crossed(ref, count, new.contacts)
-            unique = list({alert.threshold_percent: alert for alert in to_publish}.values())
-            alerting.publish(self.store, self.settings.alert_channels, ref, unique)
+            outcome.alerts.extend(self.alerts.settle(w.ref, new))
         except StoreUnavailable as exc:
-            outcome.fail(w.message_ids, ref, str(exc))
+            outcome.fail(w.message_ids, w.ref, str(exc))
             return False
-        outcome.alerts.extend(unique)
         return True
-
-    def _due_count(self, ref: PeriodRef, new: _NewContacts) -> int | None:
-        """The period's exact count when the new contacts may have crossed a threshold; None when they
-        cannot have. A small period is counted (a few KB); a large one adds its new contacts to the
-        period's tally and is counted only when `LARGE_PERIOD - 1 + tally` reaches the next threshold.
-        That bound holds because every batch adds after its writes once the period is large to it, and
-        the contacts of batches that never added are fewer than `LARGE_PERIOD` (each such batch counted
-        fewer after writing); the last batch to add before a crossing therefore sees it."""
-        need = self._need(ref, new)
-        if need is None:
-            return None
-        if ref in self.large:
-            tally = self._add_to_tally(ref, new)
-            need = self._need(ref, new)
-            if need is None or LARGE_PERIOD - 1 + tally < need:
-                return None
-            count = self.store.contacts.count(ref, consistent=True)
-        else:
-            count = self.store.contacts.count(ref, consistent=True)
-            if count >= LARGE_PERIOD:
-                self.large.add(ref)
-                tally = self._add_to_tally(ref, new)
-                need = self._need(ref, new)
-                if need is not None and count < need <= LARGE_PERIOD - 1 + tally:
-                    count = self.store.contacts.count(ref, consistent=True)
-        if need is None or count < need:
-            return None
-        if any(isinstance(subscription, Unread) for _, subscription in new.contacts):
-            self.populous.add(ref)
-            new.contacts = self._with_subscriptions(ref, new.contacts)
-            need = self._need(ref, new)
-        return count if need is not None and count >= need else None
-
-    def _need(self, ref: PeriodRef, new: _NewContacts) -> int | None:
-        subscriptions = [subscription for _, subscription in new.contacts]
-        return alerting.lowest_need(self.settings.alert_thresholds, self.claimed.get(ref), subscriptions)
-
-    def _add_to_tally(self, ref: PeriodRef, new: _NewContacts) -> int:
-        tally, claims = self.store.alerts.add_to_tally(ref, len(new.contacts))
-        self.claimed.add(ref, claims)
-        return tally
-
-    def _with_subscriptions(
-        self, ref: PeriodRef, contacts: Sequence[tuple[Activation, EventSubscription]]
-    ) -> list[tuple[Activation, EventSubscription]]:
-        """The subscription of each activation placed without its history, as placement would have judged it:
-        the account's history had no change in this batch, so the history read now is the one before it."""
-        history = History.of(self.store.subscriptions.history(ref.account_id), self.settings.default_timezone)
-        for_period = history.for_period(ref.period)
-        return [
-            (activation, for_period.at(activation.occurred_at) if isinstance(sub, Unread) else sub)
-            for activation, sub in contacts
-        ]
-
-    def _claim_crossed(
-        self, ref: PeriodRef, count: int, contacts: Sequence[tuple[Activation, EventSubscription]]
-    ) -> list[AlertRecord]:
-        """Claim the thresholds crossed by `contacts` (the last of the `count` active contacts); returns the
-        claims to publish: this caller's, and earlier ones whose claimer can no longer publish them."""
-        claimed = self.claimed.get(ref)
-        judged = [(activation, None if isinstance(sub, Unread) else sub) for activation, sub in contacts]
-        crossed = alerting.crossings(
-            ref,
-            thresholds=self.settings.alert_thresholds,
-            claimed=claimed,
-            count_before=count - len(contacts),
-            new_contacts=judged,
-            now=int(time.time()),
-        )
-        to_publish: list[AlertRecord] = []
-        for alert in crossed:
-            earlier = self.store.alerts.claim(alert)
-            if earlier is None:
-                to_publish.append(alert)
-            else:
-                to_publish += alerting.overdue([earlier], self.settings.attempt_timeout_seconds)
-        self.claimed.add(ref, [alert.threshold_percent for alert in crossed])
-        return to_publish
 
     def _record_late(
         self,
@@ -479,13 +321,13 @@ def contacts_to_write(
     work: Mapping[PeriodRef, PeriodWork],
     active: Mapping[tuple[PeriodRef, str], ContactRecord],
     retries: set[str],
-    known: KnownActiveContacts,
-) -> tuple[list[Activation], defaultdict[PeriodRef, _NewContacts]]:
+    known: Container[tuple[PeriodRef, str]],
+) -> tuple[list[Activation], defaultdict[PeriodRef, NewContacts]]:
     """The activations to write (neither known to the container nor found active), and per period the
     contacts already new: those a redelivered message's earlier attempt made active (its alerts are due
     again, as if this attempt had written them)."""
     pending: list[Activation] = []
-    new: defaultdict[PeriodRef, _NewContacts] = defaultdict(_NewContacts)
+    new: defaultdict[PeriodRef, NewContacts] = defaultdict(NewContacts)
     for ref, w in work.items():
         for contact_id, (activation, subscription) in w.activations.items():
             if (ref, contact_id) in known:
