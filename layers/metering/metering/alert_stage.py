@@ -70,6 +70,11 @@ class AlertStage:
     large: Remembered[PeriodRef] = field(default_factory=lambda: Remembered(REMEMBERED_PERIODS))
     """Periods seen at `LARGE_PERIOD` contacts: their batches add to the tally instead of counting."""
 
+    def wants_history(self, ref: PeriodRef) -> bool:
+        """Whether a batch should read the account's history before placing events of this period: once the
+        period can be near an alert, and only while the container knows of a threshold still unclaimed."""
+        return ref in self.populous and not set(self.settings.alert_thresholds) <= self.claimed.get(ref)
+
     def settle(self, ref: PeriodRef, new: NewContacts) -> list[AlertRecord]:
         """Claim and publish the thresholds the new contacts cross; returns the alerts published. The claims
         are read only when a threshold may have been crossed (`_due_count`), or for a redelivery, which may

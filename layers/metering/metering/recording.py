@@ -190,7 +190,7 @@ class Recorder:
             if isinstance(e, ActivityEvent)
             and (
                 needs_judging(e, close_states, self.settings.grace)
-                or PeriodRef(e.account_id, utc_period(e.event.occurred_at)) in self.alerts.populous
+                or self.alerts.wants_history(PeriodRef(e.account_id, utc_period(e.event.occurred_at)))
             )
         }
         stored = self.store.subscriptions.histories(accounts)
