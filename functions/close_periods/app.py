@@ -7,7 +7,13 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from metering import gateways
 from metering.closing import ScheduledRun, run_close
-from metering.observability import MetricUnit, dynamodb_request_metrics, logger, metrics, surfaced_faults
+from metering.observability import (
+    dynamodb_request_metrics,
+    emit_close_run_metrics,
+    logger,
+    metrics,
+    surfaced_faults,
+)
 from metering.settings import CloseSettings
 from metering.store import MeteringStore
 
@@ -23,19 +29,5 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         result = run_close(run, STORE, SETTINGS, lambda: context.get_remaining_time_in_millis() / 1000)
         if result.handed_over:
             gateways.invoke_async(context.invoked_function_arn, json.dumps(event))
-    metrics.add_metric(name="ClosesScheduled", unit=MetricUnit.Count, value=result.requests_sent)
-    metrics.add_metric(name="CloseRunsCompleted", unit=MetricUnit.Count, value=0 if result.handed_over else 1)
-    logger.info(
-        "close run",
-        extra={
-            "asOf": run.scheduled_time.isoformat(),
-            "sealed": result.sealed,
-            "requests": result.requests_sent,
-            "handedOver": result.handed_over,
-        },
-    )
-    return {
-        "scheduledTime": run.scheduled_time.isoformat(),
-        "requestsSent": result.requests_sent,
-        "handedOver": result.handed_over,
-    }
+    emit_close_run_metrics(run, result)
+    return result.response(run)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -104,6 +104,14 @@ class CloseRun:
     sealed: list[str] = field(default_factory=list)
     requests_sent: int = 0
     handed_over: bool = False
+
+    def response(self, run: ScheduledRun) -> dict[str, Any]:
+        """What the invocation returns (the Scheduler ignores it; an operator invoking by hand reads it)."""
+        return {
+            "scheduledTime": run.scheduled_time.isoformat(),
+            "requestsSent": self.requests_sent,
+            "handedOver": self.handed_over,
+        }
 
 
 @dataclass(frozen=True, slots=True)

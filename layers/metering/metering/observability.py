@@ -16,7 +16,7 @@ from metering.aws import DYNAMODB_REQUESTS
 from metering.model import ServiceMisconfigured
 
 if TYPE_CHECKING:
-    from metering.closing import CloseResult
+    from metering.closing import CloseResult, CloseRun, ScheduledRun
     from metering.recording import RecordingOutcome
 
 logger = Logger()
@@ -126,10 +126,25 @@ def emit_close_metrics(result: CloseResult | None) -> None:
     )
 
 
+def emit_close_run_metrics(run: ScheduledRun, result: CloseRun) -> None:
+    metrics.add_metric(name="ClosesScheduled", unit=MetricUnit.Count, value=result.requests_sent)
+    metrics.add_metric(name="CloseRunsCompleted", unit=MetricUnit.Count, value=0 if result.handed_over else 1)
+    logger.info(
+        "close run",
+        extra={
+            "asOf": run.scheduled_time.isoformat(),
+            "sealed": result.sealed,
+            "requests": result.requests_sent,
+            "handedOver": result.handed_over,
+        },
+    )
+
+
 __all__ = [
     "MetricUnit",
     "batch_item_failures",
     "emit_close_metrics",
+    "emit_close_run_metrics",
     "emit_recording_metrics",
     "logger",
     "metrics",
