@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from metering.rules import Subscription
 from metering_tools import testkit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +63,29 @@ def load_event(name: str, /, **overrides: Any) -> dict[str, Any]:
 
     `detail-type` cannot be a keyword, so pass it as `**{"detail-type": ...}`."""
     return deep_update(json.loads(event_text(name)), overrides)
+
+
+def subscription(
+    plan: str = "grow",
+    effective_at: str = "2026-09-01T00:00:00Z",
+    *,
+    addons: int = 0,
+    cycle: str = "monthly",
+    event_id: str = "sub-1",
+    timezone: str | None = None,
+    frozen: frozenset[str] = frozenset(),
+) -> Subscription:
+    """A `Subscription Changed` as stored, for account `acc-1` unless the test needs no other."""
+    return Subscription(
+        account_id="acc-1",
+        effective_at=utc(effective_at),
+        event_id=event_id,
+        plan=plan,  # type: ignore[arg-type]
+        billing_cycle=cycle,  # type: ignore[arg-type]
+        addon_contacts=addons,
+        timezone=timezone,
+        frozen_periods=frozen,
+    )
 
 
 def utc(text: str) -> datetime:

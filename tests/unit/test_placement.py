@@ -14,7 +14,7 @@ from metering.model import CloseState, PeriodRef
 from metering.placement import UNREAD, ActivityEvent, Disposition, judge_batch, needs_judging
 from metering.rules import History, Subscription, threshold_contacts
 
-from tests.helpers import contact_event, utc
+from tests.helpers import contact_event, subscription, utc
 
 GRACE = timedelta(hours=2)
 THRESHOLDS = (80, 100)
@@ -29,15 +29,7 @@ def activity(occurred_at: str, *, contact_id: str = "con-0001") -> ActivityEvent
 
 
 def berlin_grow() -> Subscription:
-    return Subscription(
-        account_id="acc-1",
-        effective_at=utc("2026-09-01T00:00:00Z"),
-        event_id="sub-1",
-        plan="grow",
-        billing_cycle="monthly",
-        addon_contacts=0,
-        timezone="Europe/Berlin",
-    )
+    return subscription("grow", timezone="Europe/Berlin")
 
 
 @pytest.mark.parametrize(
@@ -103,7 +95,7 @@ def test_an_unread_subscription_may_be_due_at_the_smallest_billed_allowance() ->
 
 def test_no_alert_is_due_once_every_threshold_is_claimed_or_nothing_is_billed() -> None:
     # Given a period whose thresholds are all claimed, and one whose only subscription is unbilled
-    legacy = Subscription("acc-1", utc("2026-09-01T00:00:00Z"), "sub-2", "legacy", "monthly", 0, None)
+    legacy = subscription("legacy", event_id="sub-2")
     # When the least count at which an alert may be due is asked for
     # Then there is none
     assert lowest_need(THRESHOLDS, frozenset(THRESHOLDS), [UNREAD, berlin_grow()]) is None

@@ -19,32 +19,10 @@ from metering.rules import (
     utc_iso,
 )
 
-from tests.helpers import utc
+from tests.helpers import subscription, utc
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
-
-
-def subscription(
-    plan: str = "grow",
-    effective_at: str = "2026-09-01T00:00:00Z",
-    *,
-    addons: int = 0,
-    cycle: str = "monthly",
-    event_id: str = "sub-1",
-    timezone: str | None = None,
-    frozen: frozenset[str] = frozenset(),
-) -> Subscription:
-    return Subscription(
-        account_id="acc-1",
-        effective_at=utc(effective_at),
-        event_id=event_id,
-        plan=plan,  # type: ignore[arg-type]
-        billing_cycle=cycle,  # type: ignore[arg-type]
-        addon_contacts=addons,
-        timezone=timezone,
-        frozen_periods=frozen,
-    )
 
 
 def history(*changes: Subscription, default_timezone: str = "UTC") -> History:

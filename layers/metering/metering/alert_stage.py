@@ -28,13 +28,14 @@ LARGE_PERIOD = 150
 """Contacts from which a period's batches add to its tally instead of counting it: a consistent count of 150
 contact items (about 120 bytes each) reads 5 units of 4 KB, what one write unit costs."""
 REMEMBERED_PERIODS = 100_000
+"""Periods a container remembers facts of (claims, reaching a count): far more than one container sees."""
 
 
 class ClaimedThresholds:
     """Thresholds this container knows are claimed, per period (claims are never undone): once all are,
     the period needs no alert read and no count."""
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, capacity: int = REMEMBERED_PERIODS) -> None:
         self._capacity = capacity
         self._claimed: dict[PeriodRef, frozenset[int]] = {}
 
