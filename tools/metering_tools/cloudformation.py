@@ -22,12 +22,13 @@ from samtranslator.parser.parser import Parser  # type: ignore[import-untyped]
 from samtranslator.translator.translator import Translator  # type: ignore[import-untyped]
 from samtranslator.yaml_helper import intrinsics_multi_constructor  # type: ignore[import-untyped]
 
+from metering_tools import templates
 from metering_tools.provisioning import TEMPLATE_PATH
+from metering_tools.templates import LANGUAGE_EXTENSIONS, UnsupportedTemplateError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-LANGUAGE_EXTENSIONS = "AWS::LanguageExtensions"
 
 # Resource types left out of the moto deployment, and why. Resources that refer to one of them are left out
 # too (see `adapt_for_moto`).
@@ -49,13 +50,10 @@ MOTO_REF_AS_ATTRIBUTE: dict[str, str] = {
     "AWS::Events::EventBus": "Name",  # moto 5 resolves the Ref to its bus object, not the bus name
 }
 DELETION_POLICIES = {"Delete", "Retain", "RetainExceptOnCreate", "Snapshot"}
-# Language-extension functions this module does not resolve; a template using one fails loudly here
-# instead of deploying something CloudFormation would not.
+# Language-extension functions this module does not resolve (the loaders expand the template's own loops, see
+# `templates`; one left in the template is not resolved); a template using one fails loudly here instead of
+# deploying something CloudFormation would not.
 UNRESOLVED_EXTENSIONS = ("Fn::ForEach::", "Fn::Length", "Fn::ToJsonString")
-
-
-class UnsupportedTemplateError(ValueError):
-    """The template uses a construct this module does not resolve: teach it, rather than deploy a guess."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +83,12 @@ _IntrinsicsLoader.add_multi_constructor("!", intrinsics_multi_constructor)
 
 
 def load_sam_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
-    """The template in CloudFormation's JSON form, which samtranslator and moto expect."""
+    """The template in CloudFormation's JSON form, which samtranslator and moto expect, loops expanded and the
+    monitoring application inlined (moto creates its resources in the one stack)."""
+    return templates.read(path, _parse)
+
+
+def _parse(path: Path) -> dict[str, Any]:
     with path.open(encoding="utf-8") as stream:
         template: dict[str, Any] = yaml.load(stream, Loader=_IntrinsicsLoader)
     return template

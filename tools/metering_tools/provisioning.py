@@ -13,6 +13,7 @@ import boto3
 import yaml
 from botocore.exceptions import ClientError
 
+from metering_tools import templates
 from metering_tools.roles import (
     PROVISIONED_PARAMETERS,
     PROVISIONED_RESOURCES,
@@ -40,6 +41,12 @@ _CloudFormationLoader.add_multi_constructor("!", _tag)
 
 
 def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
+    """The template as CloudFormation creates it (loops expanded, the monitoring application inlined), with
+    the short names of the intrinsic functions (`Sub`, `GetAtt "Resource.Attribute"`)."""
+    return templates.read(path, _parse)
+
+
+def _parse(path: Path) -> dict[str, Any]:
     with path.open(encoding="utf-8") as stream:
         document: dict[str, Any] = yaml.load(stream, Loader=_CloudFormationLoader)
     return document

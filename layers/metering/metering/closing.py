@@ -21,10 +21,11 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from metering import gateways
 from metering.fields import Id
+from metering.intake import InboundRecord
 from metering.model import (
     CloseState,
     Invoice,
@@ -265,6 +266,50 @@ class CloseStatesRead:
         if period not in self._states:
             self._states[period] = self.store.close_states.read_since(period).get(period, CloseState(period))
         return self._states[period]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRetried:
+    """A request that meets a transient failure: its message returns to the close queue."""
+
+    request: CloseRequest
+    reason: str
+    publish_failed: bool
+
+
+@dataclass(slots=True)
+class CloseBatch:
+    """What one InvoiceAccount invocation did with its close requests; `failed_message_ids` go back to the
+    queue (an unreadable one ends in the close DLQ after its receives)."""
+
+    closed: list[CloseResult] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    retried: list[CloseRetried] = field(default_factory=list)
+    failed_message_ids: list[str] = field(default_factory=list)
+
+
+def close_batch(
+    messages: Iterable[InboundRecord], store: MeteringStore, settings: InvoiceSettings
+) -> CloseBatch:
+    """Close every request of an SQS batch; one request's failure never fails the others."""
+    batch = CloseBatch()
+    states = CloseStatesRead(store)
+    for message in messages:
+        try:
+            request = CloseRequest.model_validate_json(message.body)
+        except ValidationError as exc:
+            batch.unreadable[message.message_id] = str(exc)
+            batch.failed_message_ids.append(message.message_id)
+            continue
+        try:
+            result = close_account(request, store, settings, states)
+        except StoreUnavailable as exc:
+            batch.retried.append(CloseRetried(request, str(exc), isinstance(exc, InvoicePublishFailed)))
+            batch.failed_message_ids.append(message.message_id)
+            continue
+        if result is not None:
+            batch.closed.append(result)
+    return batch
 
 
 def close_account(

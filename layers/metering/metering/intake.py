@@ -24,8 +24,9 @@ MAX_REASON_LENGTH = 480
 
 @dataclass(frozen=True, slots=True)
 class InboundRecord:
-    """One SQS message as the recorder sees it: its id (for partial-batch failure), its body, whether it came
-    from the fan-out queue, and which delivery of the message this is (a later one follows a failure)."""
+    """One SQS message as a function sees it: its id (for partial-batch failure), its body, and for
+    the recorder whether it came from the fan-out queue and which delivery this is (a later one follows a
+    failure)."""
 
     message_id: str
     body: str

@@ -16,7 +16,7 @@ from metering.aws import DYNAMODB_REQUESTS
 from metering.model import ServiceMisconfigured
 
 if TYPE_CHECKING:
-    from metering.closing import CloseResult, CloseRun, ScheduledRun
+    from metering.closing import CloseBatch, CloseResult, CloseRun, ScheduledRun
     from metering.recording import RecordingOutcome
 
 logger = Logger()
@@ -105,9 +105,25 @@ def emit_recording_metrics(outcome: RecordingOutcome) -> None:
         )
 
 
-def emit_close_metrics(result: CloseResult | None) -> None:
-    if result is None:
-        return
+def emit_close_batch_metrics(batch: CloseBatch) -> None:
+    for message_id, error in batch.unreadable.items():
+        logger.error("close request unreadable", extra={"messageId": message_id, "error": error})
+    for retried in batch.retried:
+        if retried.publish_failed:
+            metrics.add_metric(name="InvoicePublishFailures", unit=MetricUnit.Count, value=1)
+        logger.warning(
+            "close retried",
+            extra={
+                "accountId": retried.request.account_id,
+                "period": retried.request.period,
+                "reason": retried.reason,
+            },
+        )
+    for result in batch.closed:
+        _emit_close_metrics(result)
+
+
+def _emit_close_metrics(result: CloseResult) -> None:
     metrics.add_metric(name=f"PeriodsClosed_{result.outcome.value}", unit=MetricUnit.Count, value=1)
     if result.invoice is not None:
         metrics.add_metric(name="InvoicesIssued", unit=MetricUnit.Count, value=1)
@@ -143,7 +159,7 @@ def emit_close_run_metrics(run: ScheduledRun, result: CloseRun) -> None:
 __all__ = [
     "MetricUnit",
     "batch_item_failures",
-    "emit_close_metrics",
+    "emit_close_batch_metrics",
     "emit_close_run_metrics",
     "emit_recording_metrics",
     "logger",
