@@ -50,8 +50,8 @@ lint: setup $(CHECKOV)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy layers/metering/metering tools/metering_tools functions scripts tests
 	$(BIN)/sam validate --lint
-	$(BIN)/cfn-lint template.yaml
-	$(CHECKOV) --config-file .checkov.yaml -f template.yaml
+	$(BIN)/cfn-lint template.yaml monitoring/template.yaml
+	$(CHECKOV) --config-file .checkov.yaml -f template.yaml -f monitoring/template.yaml
 
 build: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/sam build

@@ -18,12 +18,12 @@ from botocore.parsers import ResponseParserError
 from metering_tools.cloudformation import (
     DROPPED_FOR_MOTO,
     S3Location,
-    UnsupportedTemplateError,
     load_sam_template,
     moto_template,
     resolve_language_extensions,
     upload_placeholder_package,
 )
+from metering_tools.templates import UnsupportedTemplateError
 from moto import mock_aws
 
 from tests.helpers import EVENTS_DIR, REGION
@@ -130,12 +130,11 @@ def test_only_prod_keeps_the_table_when_its_stack_is_deleted(stage: str, policy:
 
 
 def test_a_language_extension_not_resolved_here_is_refused() -> None:
-    # Given the template with an Fn::ForEach loop, which a later change may add
+    # Given the template with an Fn::Length, which a later change may add
     template = load_sam_template()
-    loop = ["Name", ["A", "B"], {"${Name}Queue": {"Type": "AWS::SQS::Queue"}}]
-    template["Resources"]["Fn::ForEach::Queues"] = loop
+    template["Resources"]["ActivityQueue"]["Properties"]["DelaySeconds"] = {"Fn::Length": [1, 2]}
     # When its language extensions are resolved, then it is refused, naming the construct and where it is
-    with pytest.raises(UnsupportedTemplateError, match=r"Fn::ForEach::Queues at template\.Resources"):
+    with pytest.raises(UnsupportedTemplateError, match=r"Fn::Length at template\.Resources\.ActivityQueue"):
         resolve_language_extensions(template, DEV)
 
 

@@ -43,10 +43,11 @@ _CloudFormationLoader.add_multi_constructor("!", _tag)
 def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
     """The template as CloudFormation creates it (loops expanded, the monitoring application inlined), with
     the short names of the intrinsic functions (`Sub`, `GetAtt "Resource.Attribute"`)."""
-    return templates.read(path, _parse)
+    return templates.read(path, parse_template)
 
 
-def _parse(path: Path) -> dict[str, Any]:
+def parse_template(path: Path) -> dict[str, Any]:
+    """The template as written: loops and applications as they are."""
     with path.open(encoding="utf-8") as stream:
         document: dict[str, Any] = yaml.load(stream, Loader=_CloudFormationLoader)
     return document

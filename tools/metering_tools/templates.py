@@ -122,6 +122,12 @@ def _fold(value: Any, mappings: dict[str, Any]) -> Any:
                 return mappings[name][top][second]
             except KeyError as missing:
                 raise UnsupportedTemplateError(f"no {missing} in mapping {name} for {top}.{second}") from None
+        case ("GetAtt", function, [named, str(attribute)]) if isinstance(
+            resource := _literal_sub(named), str
+        ):
+            return {
+                function: [resource, attribute] if function.startswith("Fn::") else f"{resource}.{attribute}"
+            }
         case ("Sub", function, [str(text), dict(variables)]):
             folded = {name: _fold(inner, mappings) for name, inner in variables.items()}
             literal = {name: inner for name, inner in folded.items() if isinstance(inner, str)}
@@ -133,6 +139,14 @@ def _fold(value: Any, mappings: dict[str, Any]) -> Any:
     if isinstance(value, list):
         return [_fold(inner, mappings) for inner in value]
     return value
+
+
+def _literal_sub(value: Any) -> str | None:
+    """The string of an `Fn::Sub` without placeholders (a loop's resource name), else None."""
+    match _call(value):
+        case ("Sub", _, str(text)) if not _PLACEHOLDER.search(text):
+            return text
+    return None
 
 
 def _arguments(nested: dict[str, Any], passed: dict[str, Any], application: str) -> dict[str, Any]:
