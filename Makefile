@@ -9,7 +9,7 @@ CHECKOV := .venv-checkov/bin/checkov
 export AWS_DEFAULT_REGION ?= eu-central-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup test test-fast lint build demo bench bench-large clean lock
+.PHONY: setup test test-fast lint build demo package-check bench bench-large clean lock
 
 setup: $(INSTALLED)
 
@@ -19,7 +19,7 @@ setup: $(INSTALLED)
 LOCK := layers/metering/requirements.txt
 SAM_VENV := $(VENV)/sam-cli
 
-$(INSTALLED): pyproject.toml $(LOCK)
+$(INSTALLED): pyproject.toml $(LOCK) layers/metering/requirements.in tools/requirements.in
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 13) else f"Python 3.13 is required (Lambda runtime python3.13), found {v[0]}.{v[1]}: install it or set PYTHON=")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -58,6 +58,22 @@ build: setup
 
 demo: setup
 	$(BIN)/metering simulate events/sample-month.jsonl --now 2026-11-02T00:00:00Z --format table
+
+# A packaged install as someone without the repository has it: `pip install .` into a fresh venv outside the
+# checkout, the sample month replayed from there (reading the template and handlers the package carries); its
+# report must be the checkout's, byte for byte.
+SAMPLE_MONTH := simulate $(CURDIR)/events/sample-month.jsonl --now 2026-11-02T00:00:00Z
+package-check: setup
+	scratch="$$(mktemp -d)"; trap 'rm -rf "$$scratch"' EXIT; \
+	$(PYTHON) -m venv "$$scratch/venv"; \
+	"$$scratch/venv/bin/pip" install --quiet "$(CURDIR)"; \
+	cd "$$scratch"; \
+	venv/bin/python -c 'from metering_tools.provisioning import STACK_ROOT; print("stack files:", STACK_ROOT)' \
+		| tee /dev/stderr | grep -q "$$scratch/venv/"; \
+	venv/bin/metering $(SAMPLE_MONTH) > installed.json; \
+	"$(CURDIR)/$(BIN)/metering" $(SAMPLE_MONTH) > checkout.json; \
+	diff checkout.json installed.json; \
+	echo "packaged install: the same report as the checkout"
 
 # Measures and prints, never asserts (docs/design.md, Cost). bench-large adds 10,000 accounts, the 100,000-contact
 # rename, the burst on one account and a close of 100,000 billed accounts (about an hour on 2 cores).

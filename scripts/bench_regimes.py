@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.client import BaseClient
 from metering_tools import capacity, regimes
 from metering_tools.naive import NaiveRun, replay_naive
-from metering_tools.provisioning import REPO_ROOT, LocalStack, load_template
+from metering_tools.provisioning import STACK_ROOT, LocalStack, load_template
 from metering_tools.simulate import SimulationOptions, simulate
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def template_functions(template: Mapping[str, Any]) -> list[FunctionSpec]:
     return [
         FunctionSpec(
             logical_id.removesuffix("Function"),
-            REPO_ROOT / resource["Properties"]["CodeUri"] / "app.py",
+            STACK_ROOT / resource["Properties"]["CodeUri"] / "app.py",
             int(resource["Properties"].get("MemorySize", default_memory)),
         )
         for logical_id, resource in template["Resources"].items()

@@ -1,6 +1,7 @@
 """Writes the lock of the functions' runtime packages, `layers/metering/requirements.txt`.
 
-The lock is the full closure of pyproject.toml's `[project] dependencies`, every package pinned with `==`.
+The lock is the full closure of `layers/metering/requirements.in` (the functions' runtime packages, with
+ranges), every package pinned with `==`.
 `sam build` installs it into the layer and `make setup` installs the test venv constrained by it, so the tests
 run on exactly the versions that are deployed. pip's own resolver computes it (only PyPI is needed) for
 python3.13 on Linux arm64, what Lambda runs, and on x86_64, where the tests run: the two must agree.
@@ -18,12 +19,11 @@ import re
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK_PATH = REPO / "layers" / "metering" / "requirements.txt"
-PYPROJECT_PATH = REPO / "pyproject.toml"
+REQUIREMENTS_PATH = REPO / "layers" / "metering" / "requirements.in"
 PYTHON_VERSION = "3.13"
 # The wheel tags each side accepts. Lambda's python3.13 runs on Amazon Linux 2023 (glibc 2.34): these are the
 # tags `sam build` asks pip for. The tests' x86_64 hosts may be older, so that side takes manylinux2014 (glibc
@@ -34,7 +34,7 @@ PLATFORMS = {
 }
 RELEASE_EVERY_PIN = ":all:"
 LOCK_HEADER = """\
-# The functions' runtime packages: the closure of pyproject.toml's [project] dependencies, each pinned,
+# The functions' runtime packages: the closure of requirements.in beside this file, each pinned,
 # for python3.13 on Linux arm64 (Lambda) and x86_64 (tests). `sam build` installs this file into the layer;
 # `make setup` installs the test venv constrained by it. Written by scripts/lock_runtime.py (`make lock`):
 # see docs/dependencies.md before editing by hand.
@@ -65,9 +65,10 @@ def render_lock(pins: dict[str, str]) -> str:
     return LOCK_HEADER + "".join(f"{name}=={pins[name]}\n" for name in sorted(pins))
 
 
-def project_dependencies() -> list[str]:
-    dependencies: list[str] = tomllib.loads(PYPROJECT_PATH.read_text())["project"]["dependencies"]
-    return dependencies
+def runtime_requirements(path: Path = REQUIREMENTS_PATH) -> list[str]:
+    """The requirement lines of requirements.in, comments and blank lines left out."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
 
 
 def resolve(
@@ -98,7 +99,7 @@ def resolve(
 
 def locked_closure(kept_pins: dict[str, str]) -> dict[str, str]:
     """The closure resolved on every platform of PLATFORMS, which must all agree."""
-    requirements = project_dependencies()
+    requirements = runtime_requirements()
     resolutions = {label: resolve(requirements, kept_pins, tags) for label, tags in PLATFORMS.items()}
     first_label, first = next(iter(resolutions.items()))
     for label, closure in resolutions.items():

@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 
 import boto3
 import pytest
-from metering_tools.provisioning import REPO_ROOT, LocalStack, load_template
+from metering_tools.provisioning import LocalStack, load_template
 from metering_tools.roles import CensusTally, Findings
 from metering_tools.simulate import SimulationOptions, simulate
 from metering_tools.testkit import RoleGuard
 
 from tests.harness import Metering
-from tests.helpers import contact_events, contact_ids, failed_ids, subscription_changed
+from tests.helpers import REPO_ROOT, contact_events, contact_ids, failed_ids, subscription_changed
 
 pytestmark = pytest.mark.slow
 

@@ -2,16 +2,15 @@
 package (docs/dependencies.md), and this interpreter has each at the lock's version.
 
 Offline checks of the installed venv; `python3 scripts/lock_runtime.py --check` asks PyPI whether the lock is
-still the closure of pyproject.toml's dependencies."""
+still the closure of the runtime requirements (layers/metering/requirements.in)."""
 
 from __future__ import annotations
 
-import tomllib
 from importlib import metadata
 
 from packaging.requirements import Requirement
 
-from scripts.lock_runtime import LOCK_PATH, PYPROJECT_PATH, normalized_name, read_lock
+from scripts.lock_runtime import LOCK_PATH, normalized_name, read_lock, runtime_requirements
 
 LOCK = read_lock()
 
@@ -38,10 +37,9 @@ def test_the_lock_ships_the_time_zone_database() -> None:
     assert "tzdata" in LOCK, f"{LOCK_PATH.name} must pin tzdata"
 
 
-def test_the_project_dependencies_accept_the_pins() -> None:
-    # Given the runtime packages pyproject.toml names, with their allowed ranges
-    project = tomllib.loads(PYPROJECT_PATH.read_text())["project"]
-    requirements = [Requirement(text) for text in project["dependencies"]]
+def test_the_runtime_requirements_accept_the_pins() -> None:
+    # Given the runtime packages requirements.in names, with their allowed ranges
+    requirements = [Requirement(text) for text in runtime_requirements()]
     # When each is looked up in the lock
     pins = [(requirement, LOCK.get(normalized_name(requirement.name))) for requirement in requirements]
     # Then each is pinned, within its range

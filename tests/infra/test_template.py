@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 from metering.events import DETAIL_TYPES
 from metering.store.codec import EXPIRES
-from metering_tools.provisioning import REPO_ROOT, load_template
+from metering_tools.provisioning import load_template
+
+from tests.helpers import REPO_ROOT
 
 TEMPLATE = load_template()
 RESOURCES: dict[str, dict[str, Any]] = TEMPLATE["Resources"]

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from metering_tools.provisioning import REPO_ROOT, load_template, parse_template
+from metering_tools.provisioning import load_template, parse_template
 from metering_tools.templates import UnsupportedTemplateError, expand, inline_applications
+
+from tests.helpers import REPO_ROOT
 
 LANGUAGE_EXTENSIONS = {"AWSTemplateFormatVersion": "2010-09-09", "Transform": "AWS::LanguageExtensions"}
 MONITORING = REPO_ROOT / "monitoring" / "template.yaml"

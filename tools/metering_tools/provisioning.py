@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,8 +22,19 @@ from metering_tools.roles import (
     local_resources,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE_PATH = REPO_ROOT / "template.yaml"
+
+def _stack_root() -> Path:
+    """The folder of the stack's own files (template.yaml, monitoring/, functions/): package `metering_stack`,
+    which pyproject.toml maps to the checkout in an editable install and which a wheel carries a copy of."""
+    spec = importlib.util.find_spec("metering_stack")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "template.yaml").is_file():
+            return Path(location)
+    raise ModuleNotFoundError("no metering_stack with a template.yaml: install the project (make setup)")
+
+
+STACK_ROOT = _stack_root()
+TEMPLATE_PATH = STACK_ROOT / "template.yaml"
 
 
 class _CloudFormationLoader(yaml.SafeLoader):

@@ -22,7 +22,8 @@ from random import Random
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from metering_tools.provisioning import REPO_ROOT
+# The regimes build their months with the sample-month generator of scripts/: they run from a checkout.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_script(path: Path) -> ModuleType:

@@ -23,7 +23,7 @@ from botocore.awsrequest import AWSResponse, HTTPHeaders
 from botocore.exceptions import ReadTimeoutError
 from metering import aws
 
-from metering_tools.provisioning import REPO_ROOT, FunctionConfig, LocalStack, function_configs
+from metering_tools.provisioning import STACK_ROOT, FunctionConfig, LocalStack, function_configs
 from metering_tools.roles import (
     Census,
     Findings,
@@ -35,7 +35,7 @@ from metering_tools.roles import (
     stack_roles,
 )
 
-FUNCTIONS_DIR = REPO_ROOT / "functions"
+FUNCTIONS_DIR = STACK_ROOT / "functions"
 REGION = "eu-central-1"
 ACCOUNT = "123456789012"
 ACTIVITY_QUEUE_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:metering-test-activity"
