@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -154,3 +156,22 @@ class ServiceMisconfigured(Exception):
 
 class ClaimCheckInvalid(Exception):
     """A claim-check object is missing or holds an invalid contact id: the event is rejected."""
+
+
+@dataclass(slots=True)
+class RecordingOutcome:
+    """What a batch did; the handler turns it into the partial-batch response and metrics."""
+
+    failed_message_ids: set[str] = field(default_factory=set)
+    retry_reasons: list[tuple[PeriodRef | None, str]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    late: list[LateEvent] = field(default_factory=list)
+    events_by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    activations: int = 0
+    duplicate_touches: int = 0
+    alerts: list[AlertRecord] = field(default_factory=list)
+    fanned_out_contacts: int = 0
+
+    def fail(self, message_ids: Iterable[str], ref: PeriodRef | None, reason: str) -> None:
+        self.failed_message_ids.update(message_ids)
+        self.retry_reasons.append((ref, reason))

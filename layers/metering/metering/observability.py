@@ -17,7 +17,7 @@ from metering.model import ServiceMisconfigured
 
 if TYPE_CHECKING:
     from metering.closing import CloseBatch, CloseResult, CloseRun, ScheduledRun
-    from metering.recording import RecordingOutcome
+    from metering.model import RecordingOutcome
 
 logger = Logger()
 metrics = Metrics()

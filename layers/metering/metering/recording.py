@@ -1,7 +1,9 @@
 """Recording: a batch of CRM events becomes active contacts, exactly once per account, month and contact.
 
-Stages: intake (parse or reject) -> claim checks resolved -> placement in delivery order (pure, `placement`)
--> contact writes (one conditional put per new contact) -> late events -> usage alerts (`alerting`).
+Stages: intake (parse or reject, claim checks resolved: `batch_intake`) -> placement in delivery order (pure,
+`placement`) -> renames too large for a batch handed to the fan-out queue (`fan_out`) -> contact writes (one
+conditional put per new contact; which ones: `contacts_to_write`, pure) -> late events -> usage alerts
+(`alert_stage`).
 A contact item is the record of activity: the count of a period is the number of its contact items, read
 with a Query when an alert may be due and at close. Nothing here keeps a running count that could drift.
 An account's subscription history is read before placement only where it can change the placement (a
@@ -12,73 +14,40 @@ Failures are confined: only the records of an account-period whose writes failed
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from metering import gateways
 from metering.alert_stage import AlertStage, NewContacts
-from metering.events import FAN_OUT_SUFFIX, MAX_INLINE_CONTACT_IDS, StatusRenamed, SubscriptionChanged
-from metering.intake import (
-    FanOutChunk,
-    FanOutContext,
-    InboundRecord,
-    SubscriptionSnapshot,
-    parse_record,
-    rejection_now,
-)
+from metering.batch_intake import take_in
+from metering.fan_out import hand_off_large_renames
+from metering.intake import InboundRecord
 from metering.memory import Remembered
 from metering.model import (
     Activation,
-    AlertRecord,
-    ClaimCheckInvalid,
     CloseState,
     ContactRecord,
     LateEvent,
     PeriodRef,
-    Rejection,
+    RecordingOutcome,
     StoreUnavailable,
 )
 from metering.placement import (
     ActivityEvent,
     BatchEntry,
     ChangeEvent,
-    Disposition,
-    Judged,
     PeriodWork,
-    Unread,
     judge_batch,
     needs_judging,
     period_work,
-    subscription_of,
 )
 from metering.rules import History, periods_near, utc_iso, utc_period
 
 if TYPE_CHECKING:
     from metering.settings import RecorderSettings
     from metering.store import MeteringStore
-
-
-@dataclass(slots=True)
-class RecordingOutcome:
-    """What a batch did; the handler turns it into the partial-batch response and metrics."""
-
-    failed_message_ids: set[str] = field(default_factory=set)
-    retry_reasons: list[tuple[PeriodRef | None, str]] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
-    late: list[LateEvent] = field(default_factory=list)
-    events_by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    activations: int = 0
-    duplicate_touches: int = 0
-    alerts: list[AlertRecord] = field(default_factory=list)
-    fanned_out_contacts: int = 0
-
-    def fail(self, message_ids: Iterable[str], ref: PeriodRef | None, reason: str) -> None:
-        self.failed_message_ids.update(message_ids)
-        self.retry_reasons.append((ref, reason))
 
 
 KNOWN_CONTACTS = 300_000
@@ -100,7 +69,7 @@ class Recorder:
 
     def record(self, records: Sequence[InboundRecord]) -> RecordingOutcome:
         outcome = RecordingOutcome()
-        entries, retries = self._intake(records, outcome)
+        entries, retries = take_in(records, self.settings, self.store, outcome)
         if not entries:
             return outcome
         try:
@@ -110,7 +79,7 @@ class Recorder:
         except StoreUnavailable as exc:
             outcome.fail((entry.message_id for entry in entries), None, str(exc))
             return outcome
-        judged = self._fan_out(plan.judged, outcome)
+        judged = hand_off_large_renames(plan.judged, self.settings, outcome)
         work = period_work(judged)
         try:
             self._open_periods(work, plan_states)
@@ -125,56 +94,6 @@ class Recorder:
         return outcome
 
     # ---- stages ----
-
-    def _intake(
-        self, records: Sequence[InboundRecord], outcome: RecordingOutcome
-    ) -> tuple[list[BatchEntry], set[str]]:
-        """Parse each record; store rejections; resolve claim checks. Returns the entries in delivery order
-        and the message ids that are retries (an earlier attempt may have written and then died)."""
-        entries: list[BatchEntry] = []
-        rejected_messages: list[str] = []
-        retries = {record.message_id for record in records if record.attempt > 1}
-        for position, record in enumerate(records):
-            parsed = parse_record(record)
-            if isinstance(parsed, Rejection):
-                outcome.rejected.append(parsed)
-                rejected_messages.append(record.message_id)
-                continue
-            event = parsed.event if isinstance(parsed, FanOutChunk) else parsed
-            outcome.events_by_type[event.detail_type] += 1
-            if isinstance(event, SubscriptionChanged):
-                entries.append(ChangeEvent(position, record.message_id, subscription_of(event)))
-                continue
-            try:
-                contact_ids = self._contacts_of(event)
-            except ClaimCheckInvalid as exc:
-                assert isinstance(event, StatusRenamed)
-                outcome.rejected.append(
-                    rejection_now(event.id, str(exc), event.model_dump_json(by_alias=True))
-                )
-                rejected_messages.append(record.message_id)
-                continue
-            except StoreUnavailable as exc:
-                outcome.fail([record.message_id], None, str(exc))
-                continue
-            context = parsed.context if isinstance(parsed, FanOutChunk) else None
-            entries.append(ActivityEvent(position, record.message_id, event, contact_ids, context))
-        try:
-            self.store.rejections.save(outcome.rejected)
-        except StoreUnavailable as exc:
-            outcome.fail(rejected_messages, None, str(exc))
-        return entries, retries
-
-    def _contacts_of(self, event: object) -> tuple[str, ...]:
-        if not isinstance(event, StatusRenamed):
-            return (getattr(event, "detail").contact_id,)  # noqa: B009 - every single-contact detail has one
-        if event.detail.contact_ids is not None:
-            return tuple(event.detail.contact_ids)
-        claim = event.detail.contact_ids_object
-        assert claim is not None  # the model requires one of the two sources
-        if claim.bucket != self.settings.claim_check_bucket:
-            raise ClaimCheckInvalid(f"claim-check bucket {claim.bucket!r} is not the configured one")
-        return tuple(gateways.read_claim_check(claim.bucket, claim.key))
 
     def _read_context(
         self, entries: Sequence[BatchEntry]
@@ -196,39 +115,6 @@ class Recorder:
         stored = self.store.subscriptions.histories(accounts)
         default = self.settings.default_timezone
         return close_states, {account: History.of(stored[account], default) for account in accounts}
-
-    def _fan_out(self, judged: Sequence[Judged], outcome: RecordingOutcome) -> list[Judged]:
-        """Hand the contacts of renames too large for one batch to the fan-out queue in chunks that carry the
-        context the rename was judged in; a rename that is late or sealed is late as a whole."""
-        kept: list[Judged] = []
-        for item in judged:
-            entry, judgement = item.entry, item.judgement
-            contact_ids = entry.contact_ids or ()
-            if entry.context is not None or len(contact_ids) <= MAX_INLINE_CONTACT_IDS:
-                kept.append(item)
-                continue
-            if judgement.disposition is not Disposition.OPEN:
-                kept.append(Judged(_without_contacts(entry), judgement))
-                continue
-            assert isinstance(entry.event, StatusRenamed)
-            assert not isinstance(judgement.subscription, Unread)  # a rename to fan out is always judged
-            context = FanOutContext(
-                original_event_id=entry.event.id,
-                period=judgement.ref.period,
-                close_instant=judgement.close_instant,
-                subscription=SubscriptionSnapshot.of(judgement.subscription)
-                if judgement.subscription
-                else None,
-            )
-            try:
-                gateways.send_messages(
-                    self.settings.fanout_queue_url, fan_out_chunks(entry.event, contact_ids, context)
-                )
-            except StoreUnavailable as exc:
-                outcome.fail([entry.message_id], judgement.ref, str(exc))
-                continue
-            outcome.fanned_out_contacts += len(contact_ids)
-        return kept
 
     def _open_periods(self, work: Mapping[PeriodRef, PeriodWork], states: Mapping[str, CloseState]) -> None:
         """Before a period's first contact is written, the close job must know the period has activity."""
@@ -341,25 +227,6 @@ def contacts_to_write(
     return pending, new
 
 
-def fan_out_chunks(event: StatusRenamed, contact_ids: Sequence[str], context: FanOutContext) -> list[str]:
-    """A huge rename as chunks of at most the inline limit, each an ordinary `Status Renamed` with a derived
-    id and the context its original was judged in."""
-    document = event.model_dump(mode="json", by_alias=True, exclude={"detail": {"contact_ids_object"}})
-    bodies = []
-    for index, start in enumerate(range(0, len(contact_ids), MAX_INLINE_CONTACT_IDS)):
-        chunk = {
-            **document,
-            "id": FAN_OUT_SUFFIX.format(id=event.id, index=index),
-            "detail": {
-                **document["detail"],
-                "contactIds": list(contact_ids[start : start + MAX_INLINE_CONTACT_IDS]),
-            },
-        }
-        body = {"event": chunk, "context": context.model_dump(mode="json", by_alias=True)}
-        bodies.append(json.dumps(body, separators=(",", ":")))
-    return bodies
-
-
 def _periods_reached(entries: Iterable[BatchEntry]) -> Iterable[str]:
     for entry in entries:
         if isinstance(entry, ChangeEvent):
@@ -368,10 +235,6 @@ def _periods_reached(entries: Iterable[BatchEntry]) -> Iterable[str]:
             yield entry.context.period
         else:
             yield from periods_near(entry.event.occurred_at)
-
-
-def _without_contacts(entry: ActivityEvent) -> ActivityEvent:
-    return ActivityEvent(entry.position, entry.message_id, entry.event, (), entry.context)
 
 
 def _message_of(work: PeriodWork, activation: Activation) -> str:

@@ -1,0 +1,75 @@
+"""Fan-out stage of recording: a judged rename of more contacts than one batch takes goes to the fan-out queue
+in chunks, each carrying the context the rename was judged in, so the chunks are recorded as the rename would
+have been. Grouping (`placement.period_work`) then sees only what this batch records itself."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from metering import gateways
+from metering.events import FAN_OUT_SUFFIX, MAX_INLINE_CONTACT_IDS, StatusRenamed
+from metering.intake import FanOutContext, SubscriptionSnapshot
+from metering.model import RecordingOutcome, StoreUnavailable
+from metering.placement import ActivityEvent, Disposition, Judged, Unread
+
+if TYPE_CHECKING:
+    from metering.settings import RecorderSettings
+
+
+def hand_off_large_renames(
+    judged: Sequence[Judged], settings: RecorderSettings, outcome: RecordingOutcome
+) -> list[Judged]:
+    """The judged entries this batch records: renames too large for one batch are sent to the fan-out queue
+    instead; a rename that is late or sealed is late as a whole (kept, without its contacts)."""
+    kept: list[Judged] = []
+    for item in judged:
+        entry, judgement = item.entry, item.judgement
+        contact_ids = entry.contact_ids or ()
+        if entry.context is not None or len(contact_ids) <= MAX_INLINE_CONTACT_IDS:
+            kept.append(item)
+            continue
+        if judgement.disposition is not Disposition.OPEN:
+            kept.append(Judged(_without_contacts(entry), judgement))
+            continue
+        assert isinstance(entry.event, StatusRenamed)
+        assert not isinstance(judgement.subscription, Unread)  # a rename to fan out is always judged
+        context = FanOutContext(
+            original_event_id=entry.event.id,
+            period=judgement.ref.period,
+            close_instant=judgement.close_instant,
+            subscription=SubscriptionSnapshot.of(judgement.subscription) if judgement.subscription else None,
+        )
+        try:
+            gateways.send_messages(
+                settings.fanout_queue_url, fan_out_chunks(entry.event, contact_ids, context)
+            )
+        except StoreUnavailable as exc:
+            outcome.fail([entry.message_id], judgement.ref, str(exc))
+            continue
+        outcome.fanned_out_contacts += len(contact_ids)
+    return kept
+
+
+def fan_out_chunks(event: StatusRenamed, contact_ids: Sequence[str], context: FanOutContext) -> list[str]:
+    """A huge rename as chunks of at most the inline limit, each an ordinary `Status Renamed` with a derived
+    id and the context its original was judged in."""
+    document = event.model_dump(mode="json", by_alias=True, exclude={"detail": {"contact_ids_object"}})
+    bodies = []
+    for index, start in enumerate(range(0, len(contact_ids), MAX_INLINE_CONTACT_IDS)):
+        chunk = {
+            **document,
+            "id": FAN_OUT_SUFFIX.format(id=event.id, index=index),
+            "detail": {
+                **document["detail"],
+                "contactIds": list(contact_ids[start : start + MAX_INLINE_CONTACT_IDS]),
+            },
+        }
+        body = {"event": chunk, "context": context.model_dump(mode="json", by_alias=True)}
+        bodies.append(json.dumps(body, separators=(",", ":")))
+    return bodies
+
+
+def _without_contacts(entry: ActivityEvent) -> ActivityEvent:
+    return ActivityEvent(entry.position, entry.message_id, entry.event, (), entry.context)
