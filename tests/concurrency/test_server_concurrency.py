@@ -36,7 +36,9 @@ from zoneinfo import ZoneInfo
 
 import boto3
 import pytest
+from metering.model import PeriodRef
 from metering.rules import period_bounds
+from metering.store import keys
 
 from tests.concurrency.conftest import ServerStack
 from tests.helpers import (
@@ -434,7 +436,7 @@ class Table:
     def item(self, account_id: str, sk: str) -> dict[str, Any] | None:
         response = self._client.get_item(
             TableName=self._name,
-            Key={"pk": {"S": f"{account_id}#{PERIOD}"}, "sk": {"S": sk}},
+            Key=keys.key(keys.period_pk(PeriodRef(account_id, PERIOD)), sk),
             ConsistentRead=True,
         )
         item: dict[str, Any] | None = response.get("Item")
@@ -442,14 +444,14 @@ class Table:
 
     def alerts(self, account_id: str) -> dict[str, Any]:
         """The claimed thresholds of the account's period: percent (text) -> claim."""
-        item = self.item(account_id, "alerts") or {}
+        item = self.item(account_id, keys.ALERTS_SK) or {}
         return {
             name.removeprefix("alert"): value["M"] for name, value in item.items() if name.startswith("alert")
         }
 
     def close_state(self) -> dict[str, Any]:
         response = self._client.get_item(
-            TableName=self._name, Key={"pk": {"S": "#close"}, "sk": {"S": PERIOD}}, ConsistentRead=True
+            TableName=self._name, Key=keys.close_key(PERIOD), ConsistentRead=True
         )
         item: dict[str, Any] = response.get("Item", {})
         return item
@@ -457,13 +459,16 @@ class Table:
     def active_contacts(self, account_id: str) -> int:
         return len(self.contacts(account_id))
 
-    def keys(self, account_id: str, prefix: str) -> list[str]:
+    def sort_keys(self, account_id: str, prefix: str) -> list[str]:
         """The sort keys under `prefix` of the account's period, prefix removed (a list: duplicates show)."""
         found: list[str] = []
         for page in self._client.get_paginator("query").paginate(
             TableName=self._name,
             KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
-            ExpressionAttributeValues={":pk": {"S": f"{account_id}#{PERIOD}"}, ":prefix": {"S": prefix}},
+            ExpressionAttributeValues={
+                ":pk": {"S": keys.period_pk(PeriodRef(account_id, PERIOD))},
+                ":prefix": {"S": prefix},
+            },
             ProjectionExpression="sk",
             ConsistentRead=True,
         ):
@@ -471,9 +476,9 @@ class Table:
         return found
 
     def contacts(self, account_id: str) -> set[str]:
-        keys = [key for key in self.keys(account_id, "contact#") if key]  # "" is the tally, not a contact
-        assert len(keys) == len(set(keys))
-        return set(keys)
+        found = [key for key in self.sort_keys(account_id, keys.CONTACT_PREFIX) if key]  # "" is the tally
+        assert len(found) == len(set(found))
+        return set(found)
 
     def invoice_items(self) -> list[dict[str, Any]]:
         return [
@@ -481,7 +486,7 @@ class Table:
             for page in self._client.get_paginator("scan").paginate(
                 TableName=self._name,
                 FilterExpression="sk = :invoice",
-                ExpressionAttributeValues={":invoice": {"S": "invoice"}},
+                ExpressionAttributeValues={":invoice": {"S": keys.INVOICE_SK}},
                 ConsistentRead=True,
             )
             for item in page.get("Items", [])
@@ -547,7 +552,7 @@ def alert_problems(table: Table, active: dict[str, int]) -> list[str]:
 def assert_closed_and_billed(table: Table) -> None:
     """The period sealed for every account (its close state is through the run's time); one invoice item per
     period over its allowance, billing the contact items of the sealed period; none within its allowance."""
-    invoices = {item["pk"]["S"].removesuffix(f"#{PERIOD}"): item for item in table.invoice_items()}
+    invoices = {keys.ref_from_pk(item["pk"]["S"]).account_id: item for item in table.invoice_items()}
     billed = set()
     assert table.close_state()["closedThrough"]["S"] == "2026-11-01T07:00:00.000000Z"
     for account in ACCOUNTS:
@@ -567,7 +572,7 @@ def assert_closed_and_billed(table: Table) -> None:
 
 def invoice_publication_problems(table: Table) -> list[str]:
     """What differs from: each stored invoice was published on the bus exactly once, with its figures."""
-    invoices = {item["pk"]["S"].removesuffix(f"#{PERIOD}"): item for item in table.invoice_items()}
+    invoices = {keys.ref_from_pk(item["pk"]["S"]).account_id: item for item in table.invoice_items()}
     published: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for detail in table.events_published(INVOICE):
         published[detail["accountId"]].append(detail)
@@ -678,7 +683,9 @@ def test_overlapping_recorders_then_close_racing_late_events(server_stack: Serve
         assert table.contacts(account.account_id) == {
             contact_id(n) for n in range(1, CONTACTS_PER_ACCOUNT + 1)
         }
-        assert set(table.keys(account.account_id, "late#")) == late_by_account[account.account_id]
+        assert (
+            set(table.sort_keys(account.account_id, keys.LATE_PREFIX)) == late_by_account[account.account_id]
+        )
     # And (checked last) each alert and each invoice reached the bus exactly once
     published_wrong = alerts_wrong + invoice_publication_problems(table)
     assert not published_wrong, "published on the bus: " + "; ".join(published_wrong)
@@ -778,7 +785,7 @@ def test_close_racing_in_period_events_counts_or_keeps_each_as_late(server_stack
     for account in ACCOUNTS:
         counted = table.contacts(account.account_id)
         sealed = len(counted)
-        late_ids = set(table.keys(account.account_id, "late#"))
+        late_ids = set(table.sort_keys(account.account_id, keys.LATE_PREFIX))
         assert late_ids <= sent.events.keys()
         late_contacts = {sent.events[event_id][1] for event_id in late_ids}
         wanted = sent.contacts(account.account_id)

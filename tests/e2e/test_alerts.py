@@ -18,6 +18,7 @@ import boto3
 import pytest
 from metering.model import PeriodRef
 from metering.observability import metrics
+from metering.store import keys
 from metering.store.alerts import TALLY, Alerts
 from metering_tools.provisioning import LocalStack
 from metering_tools.testkit import sqs_event
@@ -372,7 +373,7 @@ def test_an_alert_whose_publication_failed_is_published_once_after_its_claimer_i
     # (the claim is aged in the table rather than the clock moved)
     boto3.client("dynamodb").update_item(
         TableName=metering.stack.table_name,
-        Key={"pk": {"S": f"acc-unpublished#{OCTOBER}"}, "sk": {"S": "alerts"}},
+        Key=keys.alerts_key(PeriodRef("acc-unpublished", OCTOBER)),
         UpdateExpression="SET #alert.claimedAt = :long_ago",
         ExpressionAttributeNames={"#alert": "alert80"},
         ExpressionAttributeValues={":long_ago": {"N": str(int(time.time()) - 3600)}},

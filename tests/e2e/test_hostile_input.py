@@ -14,6 +14,8 @@ from typing import Any
 import boto3
 import pytest
 from metering import aws
+from metering.model import PeriodRef
+from metering.store import keys
 from metering_tools import cli
 from metering_tools.operations import list_rejected, replay_rejected
 from metering_tools.provisioning import LocalStack, load_template, provision
@@ -86,13 +88,13 @@ def rejected_items(metering: Metering) -> list[tuple[str, str]]:
     return sorted(
         (item["pk"]["S"], item["sk"]["S"])
         for item in metering.scan_items()
-        if item["pk"]["S"].startswith("#rejected#")
+        if item["pk"]["S"].startswith(keys.REJECTED_PREFIX)
     )
 
 
 def month_of(metering: Metering, event_id: str) -> str:
     """The receipt month a rejection is filed under (robust to a test running across midnight)."""
-    return metering.rejections()[event_id]["pk"].removeprefix("#rejected#")
+    return metering.rejections()[event_id]["pk"].removeprefix(keys.REJECTED_PREFIX)
 
 
 def assert_bystanders_counted_alone(metering: Metering) -> None:
@@ -287,12 +289,15 @@ class StoredState:
                 ConsistentRead=True,
                 FilterExpression="begins_with(sk, :contact) OR begins_with(pk, :rejected)",
                 ProjectionExpression="pk, sk, reason",
-                ExpressionAttributeValues={":contact": {"S": "contact#"}, ":rejected": {"S": "#rejected#"}},
+                ExpressionAttributeValues={
+                    ":contact": {"S": keys.CONTACT_PREFIX},
+                    ":rejected": {"S": keys.REJECTED_PREFIX},
+                },
             )
         )
         for item in (item for page in pages for item in page["Items"]):
             pk, sk = item["pk"]["S"], item["sk"]["S"]
-            if pk.startswith("#rejected#"):
+            if pk.startswith(keys.REJECTED_PREFIX):
                 rejections[(pk, sk)] = item["reason"]["S"]
             else:
                 usage[pk] = usage.get(pk, 0) + 1
@@ -327,7 +332,7 @@ def test_a_hostile_body_is_rejected_once_with_a_short_reason_while_its_batch_cou
     # Then no record is reported failed: a rejection is recorded, not retried
     assert failed_ids(first) == failed_ids(again) == [], case.kind
     # And the two valid events count, and nothing of the hostile body does
-    assert stored.usage == {f"{account}#{OCTOBER}": 1 for account in accounts}, case.kind
+    assert stored.usage == {keys.period_pk(PeriodRef(account, OCTOBER)): 1 for account in accounts}, case.kind
     # And the rejection is stored once, under the event's id (or the SQS message id when it has none)
     assert [event_id for _, event_id in stored.rejections] == [expected_id], case.kind
     # And its reason says what is wrong, briefly, without echoing the input
