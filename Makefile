@@ -51,7 +51,8 @@ lint: setup $(CHECKOV)
 	$(BIN)/mypy layers/metering/metering tools/metering_tools functions scripts tests
 	$(BIN)/sam validate --lint
 	$(BIN)/cfn-lint template.yaml monitoring/template.yaml
-	$(CHECKOV) --config-file .checkov.yaml -f template.yaml -f monitoring/template.yaml
+	$(BIN)/python scripts/expand_template.py .aws-sam/lint/template.json
+	$(CHECKOV) --config-file .checkov.yaml -f .aws-sam/lint/template.json
 
 build: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/sam build
