@@ -5,6 +5,7 @@ It reads the whole table (two Scans), so it is for replays, tests and small tabl
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +28,12 @@ def scan(client: DynamoDBClient, table_name: str, **filters: Any) -> list[Item]:
     return items
 
 
+Row = dict[str, Any]
+
+
 def read_report(
     client: DynamoDBClient, table_name: str, default_timezone: str, grace: timedelta
-) -> dict[str, list[dict[str, Any]]]:
+) -> dict[str, list[Row]]:
     """Every list of the SPEC §4 report, each sorted by account, period, then threshold or event id. Usage
     counts the contact items of each period; `closed` says whether the period's close has sealed it."""
     contact_pks = scan(
@@ -39,37 +43,58 @@ def read_report(
         ExpressionAttributeValues={":contact": {"S": CONTACT_PREFIX}, ":tally": {"S": CONTACT_PREFIX}},
         ProjectionExpression="pk",
     )
-    counts = Counter(text(item, "pk") for item in contact_pks)
-    others = scan(
+    items = _Items()
+    for item in scan(
         client,
         table_name,
         FilterExpression="NOT begins_with(sk, :contact)",
         ExpressionAttributeValues={":contact": {"S": CONTACT_PREFIX}},
-    )
-    invoices, alerts, rejected, late = [], [], {}, []
-    changes: dict[str, list[Subscription]] = defaultdict(list)
-    states: dict[str, CloseState] = {}
-    for item in others:
+    ):
+        items.add(item)
+    usage = items.usage(Counter(text(item, "pk") for item in contact_pks), default_timezone, grace)
+    return {
+        "invoices": sorted(items.invoices, key=lambda row: (row["accountId"], row["period"])),
+        "usage": sorted(usage, key=lambda row: (row["accountId"], row["period"])),
+        "alerts": sorted(
+            items.alerts, key=lambda row: (row["accountId"], row["period"], row["thresholdPercent"])
+        ),
+        "rejected": sorted(items.rejected.values(), key=lambda row: row["eventId"]),
+        "late": sorted(items.late, key=lambda row: (row["accountId"], row["period"], row["eventId"])),
+    }
+
+
+@dataclass(slots=True)
+class _Items:
+    """The table's items other than contacts, as report rows, plus what usage needs to say `closed`."""
+
+    invoices: list[Row] = field(default_factory=list)
+    alerts: list[Row] = field(default_factory=list)
+    rejected: dict[str, Row] = field(default_factory=dict)
+    late: list[Row] = field(default_factory=list)
+    changes: defaultdict[str, list[Subscription]] = field(default_factory=lambda: defaultdict(list))
+    states: dict[str, CloseState] = field(default_factory=dict)
+
+    def add(self, item: Item) -> None:
         pk, sk = key_of(item)
         kind = family(pk, sk)
         if kind == "rejected":
-            rejected[text(item, "eventId")] = {
+            self.rejected[text(item, "eventId")] = {
                 "eventId": text(item, "eventId"),
                 "reason": text(item, "reason"),
             }
         elif kind == "subscription":
             change = decode_subscription(item)
-            changes[change.account_id].append(change)
+            self.changes[change.account_id].append(change)
         elif kind == "close state":
             state = decode_state(item)
-            states[state.period] = state
+            self.states[state.period] = state
         elif kind == "invoice":
             detail = decode_invoice(item).as_detail()
             del detail["invoiceId"], detail["issuedAt"]
-            invoices.append(detail)
+            self.invoices.append(detail)
         elif kind == "alerts":
             ref, claims = Alerts.decode(item)
-            alerts += [
+            self.alerts += [
                 {
                     "accountId": ref.account_id,
                     "period": ref.period,
@@ -80,20 +105,26 @@ def read_report(
             ]
         elif kind == "late":
             ref = ref_from_pk(pk)
-            late.append({"eventId": text(item, "eventId"), "accountId": ref.account_id, "period": ref.period})
-    usage = []
-    for pk, active in counts.items():
-        ref = ref_from_pk(pk)
-        history = History.of(changes.get(ref.account_id, ()), default_timezone).for_period(ref.period)
-        state = states.get(ref.period, CloseState(ref.period))
-        closed = state.seals(history.close_instant(ref.period, grace))
-        usage.append(
-            {"accountId": ref.account_id, "period": ref.period, "activeContacts": active, "closed": closed}
-        )
-    return {
-        "invoices": sorted(invoices, key=lambda row: (row["accountId"], row["period"])),
-        "usage": sorted(usage, key=lambda row: (row["accountId"], row["period"])),
-        "alerts": sorted(alerts, key=lambda row: (row["accountId"], row["period"], row["thresholdPercent"])),
-        "rejected": sorted(rejected.values(), key=lambda row: row["eventId"]),
-        "late": sorted(late, key=lambda row: (row["accountId"], row["period"], row["eventId"])),
-    }
+            self.late.append(
+                {"eventId": text(item, "eventId"), "accountId": ref.account_id, "period": ref.period}
+            )
+
+    def usage(self, counts: Counter[str], default_timezone: str, grace: timedelta) -> list[Row]:
+        rows = []
+        for pk, active in counts.items():
+            ref = ref_from_pk(pk)
+            history = History.of(self.changes.get(ref.account_id, ()), default_timezone).for_period(
+                ref.period
+            )
+            closed = self.states.get(ref.period, CloseState(ref.period)).seals(
+                history.close_instant(ref.period, grace)
+            )
+            rows.append(
+                {
+                    "accountId": ref.account_id,
+                    "period": ref.period,
+                    "activeContacts": active,
+                    "closed": closed,
+                }
+            )
+        return rows
