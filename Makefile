@@ -69,8 +69,9 @@ package-check: setup
 	$(PYTHON) -m venv "$$scratch/venv"; \
 	"$$scratch/venv/bin/pip" install --quiet "$(CURDIR)"; \
 	cd "$$scratch"; \
-	venv/bin/python -c 'from metering_tools.provisioning import STACK_ROOT; print("stack files:", STACK_ROOT)' \
-		| tee /dev/stderr | grep -q "$$scratch/venv/"; \
+	stack="$$(venv/bin/python -c 'from metering_tools.provisioning import STACK_ROOT; print(STACK_ROOT)')"; \
+	echo "stack files: $$stack"; \
+	[[ "$$stack" == "$$scratch/venv/"* ]] || { echo "the installed package did not read its own copy" >&2; exit 1; }; \
 	venv/bin/metering $(SAMPLE_MONTH) > installed.json; \
 	"$(CURDIR)/$(BIN)/metering" $(SAMPLE_MONTH) > checkout.json; \
 	diff checkout.json installed.json; \
