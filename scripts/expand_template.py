@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from metering_tools.cloudformation import load_sam_template
-from metering_tools.templates import LANGUAGE_EXTENSIONS
+from metering_tools.templates import LANGUAGE_EXTENSIONS, transforms
 
 
 def main() -> None:
@@ -17,7 +17,7 @@ def main() -> None:
     parser.add_argument("output", type=Path, help="where to write the template (JSON)")
     output: Path = parser.parse_args().output
     template = load_sam_template()
-    template["Transform"] = [name for name in template["Transform"] if name != LANGUAGE_EXTENSIONS]
+    template["Transform"] = [name for name in transforms(template) if name != LANGUAGE_EXTENSIONS]
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(template, indent=1), encoding="utf-8")
 

@@ -124,8 +124,7 @@ def resolve_language_extensions(template: dict[str, Any], parameters: Mapping[st
     """A copy of the template with AWS::LanguageExtensions applied: `Fn::If` in DeletionPolicy and
     UpdateReplacePolicy decided for these parameters. Any other language extension raises."""
     resolved = copy.deepcopy(template)
-    transforms = resolved.get("Transform", [])
-    transforms = [transforms] if isinstance(transforms, str) else transforms
+    transforms = templates.transforms(resolved)
     if LANGUAGE_EXTENSIONS not in transforms:
         return resolved
     for location, key, value in _walk(resolved, "template"):

@@ -33,7 +33,7 @@ def expand(template: dict[str, Any]) -> dict[str, Any]:
     """A copy with the `AWS::LanguageExtensions` loops expanded and `Fn::FindInMap` of literal keys looked up
     (then `Fn::Sub` variables that became literal are written into their string)."""
     expanded = copy.deepcopy(template)
-    if LANGUAGE_EXTENSIONS in _transforms(expanded):
+    if LANGUAGE_EXTENSIONS in transforms(expanded):
         for section in EXPANDED_SECTIONS:
             if section in expanded:
                 expanded[section] = _expand_loops(expanded[section], f"template.{section}")
@@ -70,7 +70,8 @@ def inline_applications(
     return _substitute_references(inlined, outputs) if outputs else inlined
 
 
-def _transforms(template: dict[str, Any]) -> list[str]:
+def transforms(template: dict[str, Any]) -> list[str]:
+    """The template's transforms, in order (one may be written as a plain string)."""
     transforms = template.get("Transform", [])
     return [transforms] if isinstance(transforms, str) else list(transforms)
 
