@@ -11,7 +11,7 @@ import copy
 import io
 import json
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,7 +127,7 @@ def resolve_language_extensions(template: dict[str, Any], parameters: Mapping[st
     transforms = templates.transforms(resolved)
     if LANGUAGE_EXTENSIONS not in transforms:
         return resolved
-    for location, key, value in _walk(resolved, "template"):
+    for location, key, value in templates.walk(resolved, "template"):
         if key.startswith(UNRESOLVED_EXTENSIONS) or (key == "Fn::FindInMap" and len(value) > 3):
             raise UnsupportedTemplateError(f"{key} at {location} is not resolved by {__name__}")
     values = _parameter_values(resolved, parameters)
@@ -185,17 +185,6 @@ def adapt_for_moto(template: dict[str, Any]) -> MotoTemplate:
     return MotoTemplate(body, dropped)
 
 
-def _walk(value: Any, location: str) -> Iterator[tuple[str, str, Any]]:
-    """(location, key, value) of every mapping entry below `value`."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield location, key, item
-            yield from _walk(item, f"{location}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _walk(item, f"{location}[{index}]")
-
-
 def _rewrite_refs(value: Any, attribute_of: dict[str, str]) -> Any:
     """A copy of `value` whose `Ref X` and `${X}` read the attribute `attribute_of[X]` instead."""
     match value:
@@ -221,7 +210,7 @@ def _sub_attributes(text: str, attribute_of: dict[str, str]) -> str:
 def _references(value: Any) -> set[str]:
     """Names that `value` refers to through Ref, Fn::GetAtt, Fn::Sub or DependsOn."""
     names: set[str] = set()
-    for _, key, item in _walk({"": value}, ""):
+    for _, key, item in templates.walk({"": value}, ""):
         if key == "Ref" and isinstance(item, str):
             names.add(item)
         elif key == "Fn::GetAtt":

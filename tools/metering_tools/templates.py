@@ -89,9 +89,9 @@ def _expand_loops(section: dict[str, Any], location: str) -> dict[str, Any]:
             )
         for item in collection:
             _merge(expanded, _expand_loops(_instantiate(fragment, identifier, item), location), location)
-    for name, value in expanded.items():
-        if any(inner.startswith(FOR_EACH) for inner in _keys(value)):
-            raise UnsupportedTemplateError(f"Fn::ForEach inside {location}.{name} is not expanded here")
+    for inner, key, _ in walk(expanded, location):
+        if key.startswith(FOR_EACH):
+            raise UnsupportedTemplateError(f"Fn::ForEach inside {inner} is not expanded here")
     return expanded
 
 
@@ -215,11 +215,12 @@ def _merge(into: dict[str, Any], entries: dict[str, Any], location: str) -> None
     into.update(entries)
 
 
-def _keys(value: Any) -> Iterator[str]:
+def walk(value: Any, location: str) -> Iterator[tuple[str, str, Any]]:
+    """(location, key, value) of every mapping entry below `value`."""
     if isinstance(value, dict):
-        for key, inner in value.items():
-            yield key
-            yield from _keys(inner)
+        for key, item in value.items():
+            yield location, key, item
+            yield from walk(item, f"{location}.{key}")
     elif isinstance(value, list):
-        for inner in value:
-            yield from _keys(inner)
+        for index, item in enumerate(value):
+            yield from walk(item, f"{location}[{index}]")
