@@ -32,6 +32,7 @@ from typing import Any
 from botocore.awsrequest import AWSResponse
 from metering import aws
 from metering.fields import PlanName
+from metering.retrying import RetryBudget
 from metering.rules import Subscription
 from metering.store import MeteringStore
 from metering_tools import capacity
@@ -87,7 +88,7 @@ def seed_accounts(store: MeteringStore, accounts: int) -> None:
         for number in range(accounts)
     ]
     for start in range(0, len(changes), 1000):
-        store.subscriptions.save(changes[start : start + 1000])
+        store.subscriptions.save(changes[start : start + 1000], RetryBudget.single_try())
     store.close_states.open(PERIOD)
 
 

@@ -23,6 +23,7 @@ BENCH_STACK = LocalStack(
     f"{QUEUES}/metering-bench-close",
     "metering-bench",
     "",
+    f"{QUEUES}/metering-bench-activity",
 )
 ENVIRONMENT = {"AWS_DEFAULT_REGION": "eu-central-1", **function_environment(BENCH_STACK)}
 """What the functions read at import, as the template sets it for a stack named like the bench's table."""

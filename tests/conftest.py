@@ -31,6 +31,7 @@ STAND_IN = LocalStack(
     f"{_QUEUES}/metering-unit-close",
     "metering-unit",
     "metering-unit-claim-checks",
+    f"{_QUEUES}/metering-unit-activity",
 )
 """Names for the handler modules imported before a test provisions a stack (unit tests, collection)."""
 
@@ -49,7 +50,7 @@ import pytest
 from metering import aws
 from metering_tools.provisioning import provision
 from metering_tools.roles import FunctionIdentities, StackRoles, stack_roles
-from metering_tools.testkit import RoleGuard
+from metering_tools.testkit import RoleGuard, simulated_waits
 from moto import mock_aws
 
 from tests.harness import Metering
@@ -58,8 +59,8 @@ from tests.harness import Metering
 @pytest.fixture
 def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalStack]:
     """A fresh moto copy of the stack's stateful resources, with unique names, and the functions'
-    environment pointing at it."""
-    with mock_aws():
+    environment pointing at it; the functions' backoff waits pass in simulated time."""
+    with mock_aws(), simulated_waits():
         aws.reset_clients()
         suffix = uuid.uuid4().hex[:10]
         local = provision(f"metering-test-{suffix}", f"metering-claims-{suffix}", TEMPLATE)

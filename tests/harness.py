@@ -23,7 +23,15 @@ from metering.store.keys import ALERTS_SK, CONTACT_PREFIX, INVOICE_SK, REJECTED_
 from metering_tools.provisioning import LocalStack
 from metering_tools.reports import read_report
 from metering_tools.roles import Handler
-from metering_tools.testkit import LocalFunction, RoleGuard, answered, local_functions, sqs_event, sqs_record
+from metering_tools.testkit import (
+    DeliveredMessages,
+    LocalFunction,
+    RoleGuard,
+    answered,
+    local_functions,
+    sqs_event,
+    sqs_record,
+)
 
 from tests.helpers import failed_ids
 
@@ -41,6 +49,8 @@ class Metering:
     published: list[dict[str, Any]] = field(default_factory=list)
     invisible_close_requests: list[str] = field(default_factory=list)
     """Receipt handles of close requests received and not deleted (failed, or lost by a killed run)."""
+    delivered: DeliveredMessages = field(default_factory=DeliveredMessages)
+    """The messages the functions deleted themselves while they ran (SQS's answer is the harness's)."""
 
     def __post_init__(self) -> None:
         self.cold_start()
@@ -84,8 +94,13 @@ class Metering:
         forgets the function's clients: test code that runs next (the operator's commands) builds its own."""
         module = container or self.modules[function]
         context = self.functions[function].context(remaining_seconds)
+
+        def handler(event: dict[str, Any], context: Any) -> Any:
+            self.delivered.attach(aws.sqs())
+            return module.handler(event, context)
+
         try:
-            response: dict[str, Any] = self.guard.invoke(function, module.handler, dict(event), context)
+            response: dict[str, Any] = self.guard.invoke(function, handler, dict(event), context)
         finally:
             aws.reset_clients()
         return response
@@ -180,11 +195,14 @@ class Metering:
         self.guard.identities.register_per_function("before-call.lambda.Invoke", accept_for)
         return accepted
 
-    def refuse_put_events(self, refuses: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
-        """The bus fails every entry of the first PutEvents whose entries (`DetailType`, parsed `Detail`)
-        `refuses` picks, as EventBridge reports entries it could not take; returns the list those entries
-        are appended to."""
+    def refuse_put_events(
+        self, refuses: Callable[[list[dict[str, Any]]], bool], *, calls: int | None = 1
+    ) -> list[dict[str, Any]]:
+        """The bus fails every entry of the first `calls` PutEvents (all, for None) whose entries
+        (`DetailType`, parsed `Detail`) `refuses` picks, as EventBridge reports entries it could not take;
+        returns the list those entries are appended to."""
         refused: list[dict[str, Any]] = []
+        refusals: list[int] = []
 
         def refuse_for(function: str) -> Handler:
             def refuse(params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
@@ -192,8 +210,9 @@ class Metering:
                     {**entry, "Detail": json.loads(entry["Detail"])}
                     for entry in json.loads(params["body"])["Entries"]
                 ]
-                if refused or not refuses(entries):
+                if (calls is not None and len(refusals) >= calls) or not refuses(entries):
                     return None
+                refusals.append(len(entries))
                 refused.extend(entries)
                 failed = {"ErrorCode": "InternalFailure", "ErrorMessage": "refused by the test"}
                 return answered(200), {"FailedEntryCount": len(entries), "Entries": [failed] * len(entries)}

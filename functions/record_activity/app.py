@@ -13,6 +13,7 @@ from metering.observability import (
     surfaced_faults,
 )
 from metering.recording import Recorder
+from metering.retrying import RetryBudget
 from metering.settings import RecorderSettings
 from metering.store import MeteringStore
 
@@ -29,6 +30,7 @@ def inbound(record: dict[str, Any]) -> InboundRecord:
         body=record["body"],
         from_fan_out=str(record.get("eventSourceARN", "")).endswith(FAN_OUT_QUEUE_SUFFIX),
         attempt=int(record.get("attributes", {}).get("ApproximateReceiveCount", 1)),
+        receipt_handle=record["receiptHandle"],
     )
 
 
@@ -36,7 +38,9 @@ def inbound(record: dict[str, Any]) -> InboundRecord:
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     records = [inbound(record) for record in event["Records"]]
+    budget = RetryBudget.for_invocation(context.get_remaining_time_in_millis() / 1000)
     with dynamodb_request_metrics(), surfaced_faults():
-        outcome = RECORDER.record(records)
+        outcome = RECORDER.record(records, budget)
     emit_recording_metrics(outcome)
-    return batch_item_failures(r.message_id for r in records if r.message_id in outcome.failed_message_ids)
+    retried = outcome.retried_message_ids
+    return batch_item_failures(r.message_id for r in records if r.message_id in retried)

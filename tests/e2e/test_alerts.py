@@ -158,7 +158,7 @@ def tally(metering: Metering, account_id: str) -> int | None:
     """The tally of the account's October alerts item (None before the period is large to any batch)."""
     item = boto3.client("dynamodb").get_item(
         TableName=metering.stack.table_name,
-        Key=Alerts.key(PeriodRef(account_id, OCTOBER)),
+        Key=keys.alerts_key(PeriodRef(account_id, OCTOBER)),
         ConsistentRead=True,
     )
     value = item.get("Item", {}).get(TALLY)
@@ -352,16 +352,20 @@ def test_an_alert_being_published_by_one_container_is_not_published_again_by_ano
 def test_an_alert_whose_publication_failed_is_published_once_after_its_claimer_is_over(
     metering: Metering,
 ) -> None:
-    # Given an account on start (80 % at 40 contacts) with 39 active contacts, and a bus that refuses the
-    # entries of the next PutEvents
+    # Given an account on start (80 % at 40 contacts) with 39 active contacts, and a bus that refuses every
+    # PutEvents during an outage
     metering.record_events([subscription_changed("acc-unpublished", "start", "2026-09-01T00:00:00Z")])
     metering.record_events(contact_events("acc-unpublished", contact_ids("con", 39), "2026-10-02T09:00:00Z"))
-    refused = metering.refuse_put_events(lambda entries: True)
-    # When the 40th contact is recorded: the alert is claimed, its publication fails, the record is retried
+    outage = [True]
+    refused = metering.refuse_put_events(lambda entries: bool(outage), calls=None)
+    # When the 40th contact is recorded: the alert is claimed, its publication keeps failing for longer than
+    # the invocation tries it again, the record is retried
     batch, response = metering.record_events(
         [contact_event("acc-unpublished", "con-0040", "2026-10-05T09:00:00Z")]
     )
-    assert [entry["DetailType"] for entry in refused] == [USAGE_ALERT]
+    outage.clear()
+    assert {entry["DetailType"] for entry in refused} == {USAGE_ALERT}
+    assert len(refused) > 1
     assert failed_ids(response) == [batch["Records"][0]["messageId"]]
     # And another container records a touch of the account while the claiming batch may still be running
     metering.cold_start()

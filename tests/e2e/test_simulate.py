@@ -99,8 +99,20 @@ def test_simulate_reports_a_month_with_exactly_the_keys_shapes_and_order_of_spec
 
     # And stats count the events, the DynamoDB calls and items by operation, and the invocations by function
     stats = report["stats"]
-    # (and, beyond the contract's four, the capacity units AWS would bill for those calls, by item size)
-    assert list(stats) == ["events", "dynamodb", "dynamodbItems", "invocations", "capacity"]
+    # (and, beyond the contract's four: how many receives the messages needed, which ones reached a DLQ, and
+    # the capacity units AWS would bill for those calls, by item size)
+    assert list(stats) == [
+        "events",
+        "dynamodb",
+        "dynamodbItems",
+        "invocations",
+        "receives",
+        "deadLettered",
+        "capacity",
+    ]
+    assert stats["receives"]["max"] == stats["receives"]["median"] == 1
+    assert stats["receives"]["histogram"]["1"] >= len(lines)
+    assert stats["deadLettered"] == []
     assert {"writeUnits", "readUnits", "byPath", "writeUnitEquivalents"} <= set(stats["capacity"])
     assert stats["capacity"]["writeUnitEquivalents"] > 0
     assert stats["events"] == len(lines) == 21
@@ -194,7 +206,7 @@ def test_a_per_service_endpoint_variable_sends_its_service_elsewhere_than_endpoi
     table = seen["stack"]["tables"][0]
     assert seen["dynamodb"]["tables"] == [table]
     assert seen["endpoint-url"]["tables"] == []
-    assert len(seen["endpoint-url"]["queues"]) == 2
+    assert len(seen["endpoint-url"]["queues"]) == 3
     assert [(row["accountId"], row["amountCents"]) for row in report["invoices"]] == [("acc-berlin", 275)]
     assert left == []
 

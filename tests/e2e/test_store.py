@@ -3,7 +3,6 @@ unprocessed or fail beyond botocore's retries are resubmitted, and give up loudl
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -19,11 +18,10 @@ CONTACTS = contact_ids("con", 150)
 
 
 @pytest.fixture
-def recorded(metering: Metering, monkeypatch: pytest.MonkeyPatch) -> MeteringStore:
-    """150 active contacts of acc-read in October, and no real waiting between resubmissions."""
+def recorded(metering: Metering) -> MeteringStore:
+    """150 active contacts of acc-read in October (resubmissions wait in simulated time: `stack`)."""
     _, response = metering.record_events(contact_events("acc-read", CONTACTS, "2026-10-05T10:00:00Z"))
     assert failed_ids(response) == []
-    monkeypatch.setattr(time, "sleep", lambda seconds: None)
     return metering.store
 
 
@@ -51,31 +49,49 @@ def test_a_batch_read_that_fails_once_then_leaves_keys_unprocessed_returns_every
 
     monkeypatch.setattr(Table, "call", half_answers)
 
-    # When the recorder's read of the period asks for its alerts and the 150 contacts
-    existing, _ = recorded.read_periods([(REF, contact) for contact in CONTACTS], [REF])
+    # When the recorder reads which of the 150 contacts are active
+    found = recorded.contacts.find_active([(REF, contact) for contact in CONTACTS])
 
     # Then every item comes back, after the failed call and each unprocessed remainder were resubmitted
-    assert {contact for _, contact in existing} == set(CONTACTS)
+    assert {contact for _, contact in found.active} == set(CONTACTS)
+    assert found.unread == set()
     assert asked[:3] == [100, 100, 50]
 
 
-def test_a_batch_read_that_keeps_failing_gives_up_with_the_error(
-    recorded: MeteringStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given a DynamoDB that throttles every BatchGetItem call beyond botocore's retries
+@pytest.fixture
+def always_throttled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A DynamoDB that throttles every BatchGetItem call beyond botocore's retries; the calls it refused."""
     real_call = Table.call
     tries: list[str] = []
 
-    def always_throttled(self: Table, operation: Any, **kwargs: Any) -> Any:
+    def throttled(self: Table, operation: Any, **kwargs: Any) -> Any:
         if operation.__name__ == "batch_get_item":
             tries.append(operation.__name__)
             raise StoreUnavailable("DynamoDB ThrottlingException")
         return real_call(self, operation, **kwargs)
 
-    monkeypatch.setattr(Table, "call", always_throttled)
+    monkeypatch.setattr(Table, "call", throttled)
+    return tries
 
-    # When the period state is read
+
+def test_a_contact_read_that_keeps_failing_leaves_its_period_unread(
+    recorded: MeteringStore, always_throttled: list[str]
+) -> None:
+    # Given a DynamoDB that throttles every BatchGetItem call beyond botocore's retries
+    # When the recorder reads which of the 150 contacts are active
+    found = recorded.contacts.find_active([(REF, contact) for contact in CONTACTS])
+    # Then the read gives up after a bounded number of resubmissions of each 100-key chunk, and says which
+    # period it could not read instead of failing
+    assert (found.active, found.unread) == ({}, {REF})
+    assert len(always_throttled) == 2 * 7
+
+
+def test_a_claims_read_that_keeps_failing_gives_up_with_the_error(
+    recorded: MeteringStore, always_throttled: list[str]
+) -> None:
+    # Given a DynamoDB that throttles every BatchGetItem call beyond botocore's retries
+    # When the period's alert claims are read
     # Then the read gives up after a bounded number of resubmissions, with DynamoDB's reason
     with pytest.raises(StoreUnavailable, match="ThrottlingException"):
-        recorded.read_periods([(REF, contact) for contact in CONTACTS], [REF])
-    assert len(tries) == 7
+        recorded.alerts.read_claims(REF)
+    assert len(always_throttled) == 7

@@ -33,6 +33,7 @@ STACK = LocalStack(
     f"{QUEUES}/metering-test-config-close",
     "crm-bus",
     "crm-claim-checks",
+    f"{QUEUES}/metering-test-config-activity",
 )
 PARAMETERS = {"Stage": "dev"}
 
@@ -140,6 +141,7 @@ def test_the_environment_resolves_for_a_local_stack_and_names_its_resources() ->
     # And the variables a local copy points at its own resources are those naming the stack's resources
     assert STACK.environment(TEMPLATE) == {
         "TABLE_NAME": STACK.table_name,
+        "ACTIVITY_QUEUE_URL": STACK.activity_queue_url,
         "FANOUT_QUEUE_URL": STACK.fanout_queue_url,
         "CLOSE_QUEUE_URL": STACK.close_queue_url,
         "EVENT_BUS_NAME": "crm-bus",

@@ -48,6 +48,7 @@ OFFLINE_STACK = LocalStack(
     f"{QUEUE_URL}/metering-test-offline-close",
     "metering-test-offline",
     "metering-claims-offline",
+    f"{QUEUE_URL}/metering-test-offline-activity",
 )
 TABLE_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/metering-test-offline"
 BUS_ARN = f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/metering-test-offline"

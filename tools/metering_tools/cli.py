@@ -8,6 +8,9 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+LOST_MESSAGES = 3
+"""Exit status of a replay that dead-lettered messages it did not redrive: its report is incomplete."""
+
 
 def _instant(value: str) -> datetime:
     parsed = datetime.fromisoformat(value)
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             json.dump(report, sys.stdout, indent=2)
             sys.stdout.write("\n")
+        if any(not letter["redriven"] for letter in report["stats"]["deadLettered"]):
+            return LOST_MESSAGES
     return 0
 
 

@@ -28,6 +28,7 @@ import boto3
 from metering.events import CRM_EVENT, StatusRenamed, SubscriptionChanged
 from metering.model import Activation, Invoice, PeriodRef
 from metering.placement import subscription_of
+from metering.retrying import RetryBudget
 from metering.rules import History, Subscription, invoice_lines, utc_iso
 from metering.store import MeteringStore
 from pydantic import ValidationError
@@ -71,7 +72,7 @@ class NaiveRecorder:
             return
         if isinstance(event, SubscriptionChanged):
             change = subscription_of(event)
-            self.store.subscriptions.save([change])
+            self.store.subscriptions.save([change], RetryBudget.single_try())
             self._histories.setdefault(change.account_id, []).append(change)
             return
         history = History.of(self._histories.get(event.account_id, []), self.default_timezone)

@@ -88,6 +88,7 @@ class LocalStack:
     close_queue_url: str
     event_bus_name: str
     claim_check_bucket: str
+    activity_queue_url: str
 
     def environment(self, template: Mapping[str, Any] | None = None) -> dict[str, str]:
         """The functions' variables that name this stack's resources (the table, the queues, the bus, the
@@ -105,7 +106,9 @@ class LocalStack:
 
 
 def provision(name: str, claim_check_bucket: str, template: dict[str, Any] | None = None) -> LocalStack:
-    """Create the table (with TTL), the fan-out and close queues, the bus and the claim-check bucket. If a
+    """Create the table (with TTL), the activity, fan-out and close queues, the bus and the claim-check bucket
+    (the activity queue's messages are handed to RecordActivity by the harness, as the event source mapping
+    does; the function deletes the ones it settles early). If a
     step fails, what the earlier steps created is removed before the error is raised: a shared endpoint keeps
     nothing of a stack that never existed."""
     template = template or load_template()
@@ -122,7 +125,7 @@ def provision(name: str, claim_check_bucket: str, template: dict[str, Any] | Non
         )
         sqs = boto3.client("sqs")
         queues: dict[str, str] = {}
-        for kind in ("fanout", "close"):
+        for kind in ("activity", "fanout", "close"):
             url = sqs.create_queue(QueueName=f"{name}-{kind}", Attributes={"VisibilityTimeout": "360"})[
                 "QueueUrl"
             ]
@@ -139,7 +142,7 @@ def provision(name: str, claim_check_bucket: str, template: dict[str, Any] | Non
         for step in reversed(undo):
             _ignore_missing(step)
         raise
-    return LocalStack(name, queues["fanout"], queues["close"], name, claim_check_bucket)
+    return LocalStack(name, queues["fanout"], queues["close"], name, claim_check_bucket, queues["activity"])
 
 
 def tear_down(stack: LocalStack) -> None:
@@ -147,7 +150,7 @@ def tear_down(stack: LocalStack) -> None:
     A resource already gone is skipped, so a teardown after a failure removes whatever is left."""
     dynamodb, sqs, s3 = boto3.client("dynamodb"), boto3.client("sqs"), boto3.client("s3")
     _ignore_missing(lambda: dynamodb.delete_table(TableName=stack.table_name))
-    for url in (stack.fanout_queue_url, stack.close_queue_url):
+    for url in (stack.activity_queue_url, stack.fanout_queue_url, stack.close_queue_url):
         _ignore_missing(partial(sqs.delete_queue, QueueUrl=url))
     _ignore_missing(lambda: boto3.client("events").delete_event_bus(Name=stack.event_bus_name))
     _ignore_missing(lambda: _empty_and_delete_bucket(s3, stack.claim_check_bucket))

@@ -105,6 +105,8 @@ class LocalStackLike(Protocol):
     def event_bus_name(self) -> str: ...
     @property
     def claim_check_bucket(self) -> str: ...
+    @property
+    def activity_queue_url(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,7 @@ class LocalResources:
 PROVISIONED_PARAMETERS = {"EventBusName": "event_bus_name", "ClaimCheckBucketName": "claim_check_bucket"}
 PROVISIONED_RESOURCES = {
     "MeteringTable": "table_name",
+    "ActivityQueue": "activity_queue_url",
     "FanOutQueue": "fanout_queue_url",
     "CloseQueue": "close_queue_url",
     "EventBus": "event_bus_name",

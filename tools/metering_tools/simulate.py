@@ -44,15 +44,18 @@ from metering_tools.provisioning import (
 from metering_tools.reports import read_report
 from metering_tools.roles import CensusTally
 from metering_tools.testkit import (
+    DeliveredMessages,
     FaultInjector,
     LocalFunction,
     RoleGuard,
     SimulatedCrash,
     local_functions,
+    simulated_waits,
     sqs_record,
 )
 
 MAX_RECEIVES_WITH_FAULTS = 500
+"""With injected faults, what reached the DLQ is redriven (as the runbook says) until this many receives."""
 REGION = "eu-central-1"
 ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"
 
@@ -81,6 +84,10 @@ class _Message:
     receive_count: int = 0
     receipt_handle: str = ""
 
+    @property
+    def handle(self) -> str:
+        return self.receipt_handle or self.message_id
+
     def as_sqs_record(self, queue_arn: str) -> dict[str, Any]:
         return sqs_record(
             self.body,
@@ -88,7 +95,7 @@ class _Message:
             receive_count=self.receive_count,
             queue_arn=queue_arn,
             sent_at=self.sent_at,
-            receipt_handle=self.receipt_handle or self.message_id,
+            receipt_handle=self.handle,
         )
 
 
@@ -105,25 +112,30 @@ class Simulation:
     modules: dict[str, ModuleType] = field(default_factory=dict)
     invocations: Counter[str] = field(default_factory=Counter)
     requests_before: tuple[Counter[str], Counter[str]] = field(default_factory=lambda: (Counter(), Counter()))
-    dead_letters: list[str] = field(default_factory=list)
+    receives: Counter[int] = field(default_factory=Counter)
+    """Messages by the receives they needed (every queue the functions consume)."""
+    dead_letters: dict[tuple[str, str], DeadLetter] = field(default_factory=dict)
     schedule: CloseSchedule = field(init=False)
     events: int = 0
     batches: int = 0
     redeliveries: list[_Message] = field(default_factory=list)
     report_client: Any = None
     faults: FaultInjector | None = None
+    delivered: DeliveredMessages = field(default_factory=DeliveredMessages)
 
     def __post_init__(self) -> None:
         self.schedule = CloseSchedule(self.grace, os.environ["DEFAULT_TIMEZONE"])
         if self.options.fault_rate > 0:
             self.faults = FaultInjector(self.options.fault_rate, self.options.fault_seed)
 
-    def max_receives(self, function_name: str, queue: str) -> int:
-        """SQS's receive limit, the queue's redrive policy (a queue without one redelivers until the message
-        expires); with injected faults, what would dead-letter is redriven (as the runbook says), so the
-        replay goes on until every message is processed."""
+    def receive_limits(self, function_name: str, queue: str) -> tuple[int, int]:
+        """When a message moves to the queue's DLQ (its redrive policy's `maxReceiveCount`; a queue without
+        one redelivers until the message expires), and when the replay stops delivering it: then, or with
+        injected faults after the redrive the runbook prescribes, so the replay goes on until every message
+        is processed."""
         limit = self.functions[function_name].config.sources[queue].max_receive_count
-        return MAX_RECEIVES_WITH_FAULTS if self.faults is not None or limit is None else limit
+        dead_letter_at = limit or MAX_RECEIVES_WITH_FAULTS
+        return dead_letter_at, MAX_RECEIVES_WITH_FAULTS if self.faults is not None else dead_letter_at
 
     def load_functions(self) -> None:
         """Import each handler module fresh, as a cold start does, with the stack's environment set."""
@@ -137,6 +149,8 @@ class Simulation:
         """Lambda replaces the execution environment of an invocation that was killed: the next one is a
         cold start, with nothing remembered in memory."""
         self.modules[function_name] = self.functions[function_name].cold_start()
+        if self.faults is not None:
+            self.faults.restart()
 
     def invoke(self, function_name: str, event: dict[str, Any]) -> Any:
         """Invoke a function as Lambda does: on embedded moto as its own role."""
@@ -160,33 +174,44 @@ class Simulation:
             from metering_tools import capacity  # noqa: PLC0415 - a development tool, outside the Lambda layer
 
             capacity.shared_meter(self.stack.table_name).attach(aws.dynamodb())
+        self.delivered.attach(aws.sqs())
         if self.faults is not None:
             self.faults.attach(aws.dynamodb())
             self.faults.attach(aws.s3())
 
     def deliver(self, function_name: str, messages: Sequence[_Message], queue: str) -> list[_Message]:
-        """Invoke with one SQS batch; returns the messages reported as failed (to be redelivered)."""
+        """Invoke with one SQS batch; returns the messages to redeliver: those reported as failed, or all of
+        a failed or killed invocation's, except the ones the function deleted itself."""
         queue_arn = self.functions[function_name].queue_arns[queue]
         for message in messages:
             message.receive_count += 1
+        self.delivered.deleted.clear()
+        failed: set[str] = {message.message_id for message in messages}
         try:
             response = self.invoke(function_name, {"Records": [m.as_sqs_record(queue_arn) for m in messages]})
         except BatchProcessingError:
-            return list(messages)
+            pass
         except SimulatedCrash:
             self.restart(function_name)
-            return list(messages)
-        failed = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
-        return [message for message in messages if message.message_id in failed]
+        else:
+            failed = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
+        deleted = self.delivered.deleted
+        return [m for m in messages if m.message_id in failed and m.handle not in deleted]
 
     def deliver_until_done(self, function_name: str, messages: Sequence[_Message], queue: str) -> None:
         """Deliver a batch and redeliver what fails, as SQS does, until it succeeds or dead-letters."""
-        limit = self.max_receives(function_name, queue)
+        dead_letter_at, give_up_at = self.receive_limits(function_name, queue)
         pending = list(messages)
         while pending:
             failed = self.deliver(function_name, pending, queue)
-            self.dead_letters += [m.message_id for m in failed if m.receive_count >= limit]
-            pending = [m for m in failed if m.receive_count < limit]
+            failed_ids = {m.message_id for m in failed}
+            self.receives.update(m.receive_count for m in pending if m.message_id not in failed_ids)
+            for message in failed:
+                if message.receive_count in {dead_letter_at, give_up_at}:
+                    letter = DeadLetter(queue, message.message_id, message.receive_count < give_up_at)
+                    self.dead_letters[(queue, message.message_id)] = letter
+            self.receives.update(m.receive_count for m in failed if m.receive_count >= give_up_at)
+            pending = [m for m in failed if m.receive_count < give_up_at]
             self.drain_queue("RecordActivity", "FanOutQueue", self.stack.fanout_queue_url)
 
     def drain_queue(self, function_name: str, queue: str, queue_url: str) -> None:
@@ -278,6 +303,8 @@ class Simulation:
             "dynamodb": {name: count for name, count in sorted(calls.items()) if count},
             "dynamodbItems": {name: items[name] for name, count in sorted(calls.items()) if count},
             "invocations": dict(sorted(self.invocations.items())),
+            "receives": receive_stats(self.receives),
+            "deadLettered": [letter.as_json() for letter in sorted(self.dead_letters.values())],
         }
         if self.faults is not None:
             report["stats"]["faults"] = dict(sorted(self.faults.injected.items()))
@@ -286,6 +313,31 @@ class Simulation:
 
             report["stats"]["capacity"] = capacity.shared_meter(self.stack.table_name).stats()
         return report
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class DeadLetter:
+    """A message that failed as often as its queue's redrive policy allows: on AWS it is now on the DLQ."""
+
+    queue: str
+    message_id: str
+    redriven: bool
+    """Whether the replay redrove it (with injected faults, as the runbook does); if not, it is lost."""
+
+    def as_json(self) -> dict[str, Any]:
+        return {"queue": self.queue, "messageId": self.message_id, "redriven": self.redriven}
+
+
+def receive_stats(receives: Counter[int]) -> dict[str, Any]:
+    """How many receives the most-received message needed, the median message, and the histogram."""
+    if not receives:
+        return {"max": 0, "median": 0, "histogram": {}}
+    counts = sorted(receives.elements())
+    return {
+        "max": counts[-1],
+        "median": counts[(len(counts) - 1) // 2],
+        "histogram": {str(count): receives[count] for count in sorted(receives)},
+    }
 
 
 @dataclass(slots=True)
@@ -446,6 +498,7 @@ def simulate(
     with (
         _environment(process),
         _aws_backend(options.endpoint_url),
+        simulated_waits(),
         contextlib.redirect_stdout(sys.stderr),
     ):
         stack: LocalStack | None = None
@@ -482,7 +535,17 @@ def simulate(
 def _warn(run: Simulation, guard: RoleGuard | None, census: CensusTally | None) -> None:
     """What the replay's operator should know: dead letters, injected faults, calls no role grants."""
     if run.dead_letters:
-        print(f"warning: {len(run.dead_letters)} messages dead-lettered", file=sys.stderr)
+        letters = sorted(run.dead_letters.values())
+        lost = [letter.message_id for letter in letters if not letter.redriven]
+        redriven = [letter.message_id for letter in letters if letter.redriven]
+        if lost:
+            print(f"warning: {len(lost)} messages dead-lettered and lost: {', '.join(lost)}", file=sys.stderr)
+        if redriven:
+            listed = ", ".join(redriven)
+            print(
+                f"warning: {len(redriven)} messages reached their DLQ and were redriven: {listed}",
+                file=sys.stderr,
+            )
     if run.faults is not None:
         injected = ", ".join(f"{count} {kind}" for kind, count in sorted(run.faults.injected.items()))
         print(f"faults injected: {sum(run.faults.injected.values())} ({injected})", file=sys.stderr)

@@ -64,10 +64,14 @@ def print_table(report: dict[str, Any], console: Console | None = None) -> None:
         problems.add_row(row["eventId"], "rejected", row["reason"])
     for row in report["late"]:
         problems.add_row(row["eventId"], "late", f"{row['accountId']} {row['period']}")
+    for row in report["stats"]["deadLettered"]:
+        fate = "redriven" if row["redriven"] else "lost: not in this report"
+        problems.add_row(row["messageId"], "dead-lettered", f"{row['queue']}, {fate}")
     console.print(problems)
 
     stats = report["stats"]
     console.print(
         f"events {stats['events']}  invocations {stats['invocations']}\n"
-        f"DynamoDB calls {stats['dynamodb']}\nDynamoDB items {stats['dynamodbItems']}"
+        f"DynamoDB calls {stats['dynamodb']}\nDynamoDB items {stats['dynamodbItems']}\n"
+        f"receives per message: max {stats['receives']['max']}, median {stats['receives']['median']}"
     )

@@ -21,7 +21,7 @@ from typing import Any
 
 from botocore.awsrequest import AWSResponse, HTTPHeaders
 from botocore.exceptions import ReadTimeoutError
-from metering import aws
+from metering import aws, retrying
 
 from metering_tools.provisioning import STACK_ROOT, FunctionConfig, LocalStack, function_configs
 from metering_tools.roles import (
@@ -152,6 +152,59 @@ def answered(status: int) -> AWSResponse:
     return AWSResponse("https://answered.locally.invalid", status, HTTPHeaders(), None)
 
 
+class DeliveredMessages:
+    """SQS's part for messages a harness hands to a function itself, as the event source mapping does: the
+    function's DeleteMessageBatch of their receipt handles is answered as SQS answers it, and remembered (the
+    census still records the call, so the role must grant it)."""
+
+    def __init__(self) -> None:
+        self.deleted: set[str] = set()
+
+    def attach(self, client: Any) -> None:
+        key = f"delivered-messages-{id(self)}"
+        events = client.meta.events
+        events.register("before-parameter-build.sqs.DeleteMessageBatch", self._note, unique_id=f"{key}-note")
+        events.register("before-call.sqs.DeleteMessageBatch", self._answer, unique_id=f"{key}-answer")
+
+    @staticmethod
+    def _note(params: Mapping[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["delivered_deletes"] = list(params.get("Entries", []))
+
+    def _answer(self, context: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]]:
+        entries = context.pop("delivered_deletes", [])
+        self.deleted.update(entry["ReceiptHandle"] for entry in entries)
+        return answered(200), {"Successful": [{"Id": entry["Id"]} for entry in entries], "Failed": []}
+
+
+# ---- simulated time ----
+
+
+class SimulatedClock:
+    """The functions' clock (`metering.retrying.CLOCK`) where waiting passes in simulated time: a backoff
+    costs the replay nothing, and a retry budget still runs out after as much waiting as it would on AWS."""
+
+    def __init__(self) -> None:
+        self.waited = 0.0
+
+    def now(self) -> float:
+        return time.monotonic() + self.waited
+
+    def sleep(self, seconds: float) -> None:
+        self.waited += seconds
+
+
+@contextmanager
+def simulated_waits() -> Iterator[SimulatedClock]:
+    """The functions wait on a `SimulatedClock` inside the block."""
+    clock = SimulatedClock()
+    saved = (retrying.CLOCK.now, retrying.CLOCK.sleep)
+    retrying.CLOCK.now, retrying.CLOCK.sleep = clock.now, clock.sleep
+    try:
+        yield clock
+    finally:
+        retrying.CLOCK.now, retrying.CLOCK.sleep = saved
+
+
 # ---- injected faults ----
 
 
@@ -162,7 +215,8 @@ class SimulatedCrash(BaseException):
 class FaultInjector:
     """Makes a share of the functions' DynamoDB and S3 calls fail, through botocore's event hooks on their
     own clients: throttling and server errors (the call never lands), a time-out after the write took effect
-    (the caller sees a failure, the table has the change), and crashes that kill the invocation."""
+    (the caller sees a failure, the table has the change), and crashes that kill the invocation (no call of
+    the crashed process lands until the harness restarts it)."""
 
     WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"})
 
@@ -171,6 +225,12 @@ class FaultInjector:
         self.random = random.Random(seed)
         self.injected: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._crashed = False
+
+    def restart(self) -> None:
+        """The crashed function runs again in a new execution environment."""
+        with self._lock:
+            self._crashed = False
 
     def attach(self, client: Any) -> None:
         """Fail calls of this client; attaching a client again changes nothing (clients are rebuilt when
@@ -191,12 +251,17 @@ class FaultInjector:
     def _before_call(
         self, model: Any, context: dict[str, Any], **_: Any
     ) -> tuple[AWSResponse, dict[str, Any]] | None:
+        with self._lock:
+            if self._crashed:
+                raise SimulatedCrash(f"{model.name} after the crash")
         draw = self._draw()
         if draw >= self.rate:
             return None
         share = draw / self.rate
         if share < 0.1:
             self._count("crash")
+            with self._lock:
+                self._crashed = True
             raise SimulatedCrash(model.name)
         if share < 0.45:
             self._count("throttling")

@@ -9,15 +9,18 @@ which periods are past the least count at which an alert can be due, and which a
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from metering import alerting
 from metering.memory import Remembered
 from metering.model import Activation, AlertRecord, PeriodRef
 from metering.placement import EventSubscription, Unread
+from metering.retrying import RetryBudget
 from metering.rules import History
 
 if TYPE_CHECKING:
@@ -76,24 +79,24 @@ class AlertStage:
         period can be near an alert, and only while the container knows of a threshold still unclaimed."""
         return ref in self.populous and not set(self.settings.alert_thresholds) <= self.claimed.get(ref)
 
-    def settle(self, ref: PeriodRef, new: NewContacts) -> list[AlertRecord]:
+    def settle(self, ref: PeriodRef, new: NewContacts, budget: RetryBudget) -> list[AlertRecord]:
         """Claim and publish the thresholds the new contacts cross; returns the alerts published. The claims
         are read only when a threshold may have been crossed (`_due_count`), or for a redelivery, which may
-        have to publish one its first attempt claimed and could not publish. Raises StoreUnavailable when
-        the period must be retried."""
-        count = self._due_count(ref, new)
+        have to publish one its first attempt claimed and could not publish. Reads are tried again within
+        `budget`; raises StoreUnavailable when the period must be retried."""
+        count = self._due_count(ref, new, budget)
         if count is None and not new.redelivered:
             return []
-        claims = self.store.read_periods([], [ref])[1].get(ref, {})
+        claims = budget.call(lambda: self.store.alerts.read_claims(ref))
         self.claimed.add(ref, claims)
         to_publish = alerting.overdue(claims.values(), self.settings.attempt_timeout_seconds)
         if count is not None:
-            to_publish += self._claim_crossed(ref, count, new.contacts)
+            to_publish += self._claim_crossed(ref, count, new.contacts, budget)
         unique = list({alert.threshold_percent: alert for alert in to_publish}.values())
-        alerting.publish(self.store, self.settings.alert_channels, ref, unique)
+        alerting.publish(self.store, self.settings.alert_channels, ref, unique, budget)
         return unique
 
-    def _due_count(self, ref: PeriodRef, new: NewContacts) -> int | None:
+    def _due_count(self, ref: PeriodRef, new: NewContacts, budget: RetryBudget) -> int | None:
         """The period's exact count when the new contacts may have crossed a threshold; None when they
         cannot have. A small period is counted (a few KB); a large one adds its new contacts to the
         period's tally and is counted only when `LARGE_PERIOD - 1 + tally` reaches the next threshold.
@@ -103,25 +106,29 @@ class AlertStage:
         need = self._need(ref, new)
         if need is None:
             return None
+
+        def count_now() -> int:
+            return budget.call(lambda: self.store.contacts.count(ref, consistent=True))
+
         if ref in self.large:
-            tally = self._add_to_tally(ref, new)
+            tally = self._add_to_tally(ref, new, budget)
             need = self._need(ref, new)
             if need is None or LARGE_PERIOD - 1 + tally < need:
                 return None
-            count = self.store.contacts.count(ref, consistent=True)
+            count = count_now()
         else:
-            count = self.store.contacts.count(ref, consistent=True)
+            count = count_now()
             if count >= LARGE_PERIOD:
                 self.large.add(ref)
-                tally = self._add_to_tally(ref, new)
+                tally = self._add_to_tally(ref, new, budget)
                 need = self._need(ref, new)
                 if need is not None and count < need <= LARGE_PERIOD - 1 + tally:
-                    count = self.store.contacts.count(ref, consistent=True)
+                    count = count_now()
         if need is None or count < need:
             return None
         if any(isinstance(subscription, Unread) for _, subscription in new.contacts):
             self.populous.add(ref)
-            new.contacts = self._with_subscriptions(ref, new.contacts)
+            new.contacts = self._with_subscriptions(ref, new.contacts, budget)
             need = self._need(ref, new)
         return count if need is not None and count >= need else None
 
@@ -129,17 +136,20 @@ class AlertStage:
         subscriptions = [subscription for _, subscription in new.contacts]
         return alerting.lowest_need(self.settings.alert_thresholds, self.claimed.get(ref), subscriptions)
 
-    def _add_to_tally(self, ref: PeriodRef, new: NewContacts) -> int:
-        tally, claims = self.store.alerts.add_to_tally(ref, len(new.contacts))
+    def _add_to_tally(self, ref: PeriodRef, new: NewContacts, budget: RetryBudget) -> int:
+        """Add the new contacts to the tally (a retry after an addition that took effect adds twice: the tally
+        is a bound that only makes the exact count come sooner)."""
+        tally, claims = budget.call(lambda: self.store.alerts.add_to_tally(ref, len(new.contacts)))
         self.claimed.add(ref, claims)
         return tally
 
     def _with_subscriptions(
-        self, ref: PeriodRef, contacts: Sequence[tuple[Activation, EventSubscription]]
+        self, ref: PeriodRef, contacts: Sequence[tuple[Activation, EventSubscription]], budget: RetryBudget
     ) -> list[tuple[Activation, EventSubscription]]:
         """The subscription of each activation placed without its history, as placement would have judged it:
         the account's history had no change in this batch, so the history read now is the one before it."""
-        history = History.of(self.store.subscriptions.history(ref.account_id), self.settings.default_timezone)
+        stored = budget.call(lambda: self.store.subscriptions.history(ref.account_id))
+        history = History.of(stored, self.settings.default_timezone)
         for_period = history.for_period(ref.period)
         return [
             (activation, for_period.at(activation.occurred_at) if isinstance(sub, Unread) else sub)
@@ -147,7 +157,11 @@ class AlertStage:
         ]
 
     def _claim_crossed(
-        self, ref: PeriodRef, count: int, contacts: Sequence[tuple[Activation, EventSubscription]]
+        self,
+        ref: PeriodRef,
+        count: int,
+        contacts: Sequence[tuple[Activation, EventSubscription]],
+        budget: RetryBudget,
     ) -> list[AlertRecord]:
         """Claim the thresholds crossed by `contacts` (the last of the `count` active contacts); returns the
         claims to publish: this caller's, and earlier ones whose claimer can no longer publish them."""
@@ -160,10 +174,11 @@ class AlertStage:
             count_before=count - len(contacts),
             new_contacts=judged,
             now=int(time.time()),
+            claimer=secrets.token_hex(8),
         )
         to_publish: list[AlertRecord] = []
         for alert in crossed:
-            earlier = self.store.alerts.claim(alert)
+            earlier = budget.call(partial(self.store.alerts.claim, alert))
             if earlier is None:
                 to_publish.append(alert)
             else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from metering import gateways
@@ -19,6 +20,7 @@ from metering.placement import EventSubscription, Unread
 from metering.rules import PLANS, Subscription, threshold_contacts, utc_iso
 
 if TYPE_CHECKING:
+    from metering.retrying import RetryBudget
     from metering.store import MeteringStore
 
 USAGE_ALERT_DETAIL_TYPE = "Usage Threshold Reached"
@@ -32,9 +34,11 @@ def crossings(
     count_before: int,
     new_contacts: Sequence[tuple[Activation, Subscription | None]],
     now: int,
+    claimer: str,
 ) -> list[AlertRecord]:
     """The thresholds `new_contacts` (in delivery order, after `count_before` active contacts) cross for
-    the first time, each with the allowance and plan of the subscription of the event that crossed it."""
+    the first time, each with the allowance and plan of the subscription of the event that crossed it, to be
+    claimed at `now` by `claimer`."""
     crossed: list[AlertRecord] = []
     open_thresholds = sorted(set(thresholds) - set(claimed))
     for position, (activation, subscription) in enumerate(new_contacts, start=1):
@@ -52,6 +56,7 @@ def crossings(
                     subscription.plan,
                     utc_iso(activation.occurred_at),
                     now,
+                    claimer,
                 )
             )
     return crossed
@@ -96,20 +101,28 @@ class AlertChannels:
 
 
 def publish(
-    store: MeteringStore, channels: AlertChannels, ref: PeriodRef, alerts: Sequence[AlertRecord]
+    store: MeteringStore,
+    channels: AlertChannels,
+    ref: PeriodRef,
+    alerts: Sequence[AlertRecord],
+    budget: RetryBudget,
 ) -> None:
-    """Put the alerts on the bus (and the topic), then mark them published."""
+    """Put the alerts on the bus (and the topic), then mark them published; each step tried again within
+    `budget` (publication is at least once: consumers deduplicate)."""
     if not alerts:
         return
-    gateways.publish(channels.event_bus_name, USAGE_ALERT_DETAIL_TYPE, map(alert_detail, alerts))
+    details = [alert_detail(alert) for alert in alerts]
+    budget.call(lambda: gateways.publish(channels.event_bus_name, USAGE_ALERT_DETAIL_TYPE, details))
     if channels.topic_arn:
         for alert in alerts:
-            gateways.notify(
-                channels.topic_arn,
-                *alert_notification(alert),
-                attributes={"accountId": alert.ref.account_id, "thresholdPercent": alert.threshold_percent},
-            )
-    store.alerts.mark_published(ref, [alert.threshold_percent for alert in alerts])
+            subject, message = alert_notification(alert)
+            attributes: dict[str, str | int] = {
+                "accountId": alert.ref.account_id,
+                "thresholdPercent": alert.threshold_percent,
+            }
+            budget.call(partial(gateways.notify, channels.topic_arn, subject, message, attributes))
+    percents = [alert.threshold_percent for alert in alerts]
+    budget.call(lambda: store.alerts.mark_published(ref, percents))
 
 
 def alert_detail(alert: AlertRecord) -> dict[str, Any]:

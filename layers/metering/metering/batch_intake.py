@@ -5,6 +5,7 @@ later stage works on contact ids in memory."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from metering import gateways
@@ -12,6 +13,7 @@ from metering.events import StatusRenamed, SubscriptionChanged
 from metering.intake import FanOutChunk, InboundRecord, parse_record, rejection_now
 from metering.model import ClaimCheckInvalid, RecordingOutcome, Rejection, StoreUnavailable
 from metering.placement import ActivityEvent, BatchEntry, ChangeEvent, subscription_of
+from metering.retrying import RetryBudget
 
 if TYPE_CHECKING:
     from metering.settings import RecorderSettings
@@ -23,9 +25,11 @@ def take_in(
     settings: RecorderSettings,
     store: MeteringStore,
     outcome: RecordingOutcome,
+    budget: RetryBudget,
 ) -> tuple[list[BatchEntry], set[str]]:
-    """Parse each record; store rejections; resolve claim checks. Returns the entries in delivery order and
-    the message ids that are retries (an earlier attempt may have written and then died)."""
+    """Parse each record; store rejections; resolve claim checks (a read that fails is tried again within
+    `budget`, then fails its account's records). Returns the entries in delivery order and the message ids
+    that are retries (an earlier attempt may have written and then died)."""
     entries: list[BatchEntry] = []
     rejected_messages: list[str] = []
     retries = {record.message_id for record in records if record.attempt > 1}
@@ -41,21 +45,21 @@ def take_in(
             entries.append(ChangeEvent(position, record.message_id, subscription_of(event)))
             continue
         try:
-            contact_ids = _contacts_of(event, settings)
+            contact_ids = budget.call(partial(_contacts_of, event, settings))
         except ClaimCheckInvalid as exc:
             assert isinstance(event, StatusRenamed)
             outcome.rejected.append(rejection_now(event.id, str(exc), event.model_dump_json(by_alias=True)))
             rejected_messages.append(record.message_id)
             continue
         except StoreUnavailable as exc:
-            outcome.fail([record.message_id], None, str(exc))
+            outcome.fail_account(event.account_id, str(exc), [record.message_id])
             continue
         context = parsed.context if isinstance(parsed, FanOutChunk) else None
         entries.append(ActivityEvent(position, record.message_id, event, contact_ids, context))
     try:
         store.rejections.save(outcome.rejected)
     except StoreUnavailable as exc:
-        outcome.fail(rejected_messages, None, str(exc))
+        outcome.fail(rejected_messages, str(exc))
     return entries, retries
 
 

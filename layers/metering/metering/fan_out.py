@@ -22,7 +22,8 @@ def hand_off_large_renames(
     judged: Sequence[Judged], settings: RecorderSettings, outcome: RecordingOutcome
 ) -> list[Judged]:
     """The judged entries this batch records: renames too large for one batch are sent to the fan-out queue
-    instead; a rename that is late or sealed is late as a whole (kept, without its contacts)."""
+    instead; a rename that is late or sealed is late as a whole (kept, without its contacts). A rename whose
+    chunks could not be sent fails its account's records."""
     kept: list[Judged] = []
     for item in judged:
         entry, judgement = item.entry, item.judgement
@@ -46,7 +47,7 @@ def hand_off_large_renames(
                 settings.fanout_queue_url, fan_out_chunks(entry.event, contact_ids, context)
             )
         except StoreUnavailable as exc:
-            outcome.fail([entry.message_id], judgement.ref, str(exc))
+            outcome.fail_account(entry.account_id, str(exc), [entry.message_id])
             continue
         outcome.fanned_out_contacts += len(contact_ids)
     return kept

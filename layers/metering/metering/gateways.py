@@ -80,6 +80,25 @@ def _send_batch(queue_url: str, bodies: list[str], attempts: int = 3) -> None:
     raise StoreUnavailable(f"SQS refused {len(pending)} messages")
 
 
+def delete_messages(queue_url: str, receipt_handles: Sequence[str]) -> set[str]:
+    """Delete received messages (DeleteMessageBatch, 10 a call); returns the receipt handles deleted. One
+    that SQS refuses (its visibility timeout passed) or a call that fails is not deleted: it stays with the
+    event source mapping, which deletes or redelivers it after the invocation, so nothing is lost."""
+    deleted: set[str] = set()
+    for offset in range(0, len(receipt_handles), SEND_BATCH_LIMIT):
+        chunk = receipt_handles[offset : offset + SEND_BATCH_LIMIT]
+        entries: Any = [{"Id": str(index), "ReceiptHandle": handle} for index, handle in enumerate(chunk)]
+        try:
+            response = aws.sqs().delete_message_batch(QueueUrl=queue_url, Entries=entries)
+        except (ClientError, BotoCoreError) as exc:
+            failure = classify(exc, "sqs", "DeleteMessageBatch", queue_url)
+            if isinstance(failure, StoreUnavailable):
+                continue
+            raise failure from exc
+        deleted.update(chunk[int(entry["Id"])] for entry in response.get("Successful", []))
+    return deleted
+
+
 def publish(bus_name: str, detail_type: str, details: Iterable[dict[str, Any]]) -> None:
     """Put events on the bus, 10 per call; any entry the bus refuses fails the call (the caller retries)."""
     entries: list[Any] = [

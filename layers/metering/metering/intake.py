@@ -25,13 +25,14 @@ MAX_REASON_LENGTH = 480
 @dataclass(frozen=True, slots=True)
 class InboundRecord:
     """One SQS message as a function sees it: its id (for partial-batch failure), its body, and for
-    the recorder whether it came from the fan-out queue and which delivery this is (a later one follows a
-    failure)."""
+    the recorder whether it came from the fan-out queue, which delivery this is (a later one follows a
+    failure) and the receipt handle that deletes it."""
 
     message_id: str
     body: str
     from_fan_out: bool = False
     attempt: int = 1
+    receipt_handle: str = ""
 
 
 class SubscriptionSnapshot(BaseModel):

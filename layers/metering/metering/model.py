@@ -52,6 +52,8 @@ class AlertRecord:
     reached_at: str
     claimed_at: int = 0
     """When the claim was written (epoch seconds): a claim whose claimer may still publish it is left be."""
+    claimer: str = ""
+    """A token of the attempt that wrote the claim: a second try of the same write knows it as its own."""
     published: bool = False
 
 
@@ -158,12 +160,27 @@ class ClaimCheckInvalid(Exception):
     """A claim-check object is missing or holds an invalid contact id: the event is rejected."""
 
 
+@dataclass(frozen=True, slots=True)
+class RetryReason:
+    """Why records go back to their queue, and whose they are (an account, or one of its periods)."""
+
+    reason: str
+    records: int
+    """Records failed for this reason (0 for an account: all its records in the batch)."""
+    account_id: str | None = None
+    period: str | None = None
+
+
 @dataclass(slots=True)
 class RecordingOutcome:
     """What a batch did; the handler turns it into the partial-batch response and metrics."""
 
     failed_message_ids: set[str] = field(default_factory=set)
-    retry_reasons: list[tuple[PeriodRef | None, str]] = field(default_factory=list)
+    acknowledged_message_ids: set[str] = field(default_factory=set)
+    """Records deleted from their queue before the batch ended (settled): never retried, whatever follows."""
+    failed_accounts: set[str] = field(default_factory=set)
+    """Accounts all of whose records in the batch failed (a history read or a change's write kept failing)."""
+    retry_reasons: list[RetryReason] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     late: list[LateEvent] = field(default_factory=list)
     events_by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -172,6 +189,22 @@ class RecordingOutcome:
     alerts: list[AlertRecord] = field(default_factory=list)
     fanned_out_contacts: int = 0
 
-    def fail(self, message_ids: Iterable[str], ref: PeriodRef | None, reason: str) -> None:
+    @property
+    def retried_message_ids(self) -> set[str]:
+        """The records SQS must deliver again: failed, and still on their queue."""
+        return self.failed_message_ids - self.acknowledged_message_ids
+
+    def fail(self, message_ids: Iterable[str], reason: str, ref: PeriodRef | None = None) -> None:
+        """These records go back to their queue (SQS redelivers them)."""
+        messages = set(message_ids)
+        self.failed_message_ids |= messages
+        self.retry_reasons.append(
+            RetryReason(reason, len(messages), ref.account_id if ref else None, ref.period if ref else None)
+        )
+
+    def fail_account(self, account_id: str, reason: str, message_ids: Iterable[str] = ()) -> None:
+        """Every record of the account in the batch goes back to its queue (`recording.held_back` fails the
+        ones not named here), so its events are recorded again in delivery order."""
+        self.failed_accounts.add(account_id)
         self.failed_message_ids.update(message_ids)
-        self.retry_reasons.append((ref, reason))
+        self.retry_reasons.append(RetryReason(reason, 0, account_id))

@@ -83,17 +83,19 @@ def emit_recording_metrics(outcome: RecordingOutcome) -> None:
         "UsageAlerts": len(outcome.alerts),
         "AllowanceReached": sum(1 for alert in outcome.alerts if alert.threshold_percent == 100),
         "FanOutContacts": outcome.fanned_out_contacts,
-        "RecordsRetried": len(outcome.failed_message_ids),
+        "RecordsRetried": len(outcome.retried_message_ids),
+        "RecordsAcknowledgedEarly": len(outcome.acknowledged_message_ids),
     }
     for name, value in counts.items():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
-    for ref, reason in outcome.retry_reasons:
+    for retry in outcome.retry_reasons:
         logger.warning(
             "records retried",
             extra={
-                "accountId": ref.account_id if ref else None,
-                "period": ref.period if ref else None,
-                "reason": reason,
+                "accountId": retry.account_id,
+                "period": retry.period,
+                "records": retry.records,
+                "reason": retry.reason,
             },
         )
     for rejection in outcome.rejected:

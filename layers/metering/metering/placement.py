@@ -62,6 +62,10 @@ class ChangeEvent:
     message_id: str
     subscription: Subscription
 
+    @property
+    def account_id(self) -> str:
+        return self.subscription.account_id
+
 
 BatchEntry = ActivityEvent | ChangeEvent
 
@@ -90,6 +94,14 @@ class Judgement:
 class Judged:
     entry: ActivityEvent
     judgement: Judgement
+
+    @property
+    def account_id(self) -> str:
+        return self.entry.account_id
+
+    @property
+    def message_id(self) -> str:
+        return self.entry.message_id
 
 
 @dataclass(slots=True)

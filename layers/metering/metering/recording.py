@@ -14,12 +14,14 @@ Failures are confined: only the records of an account-period whose writes failed
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Protocol
 
+from metering.acknowledgement import Acknowledgement
 from metering.alert_stage import AlertStage, NewContacts
 from metering.batch_intake import take_in
 from metering.fan_out import hand_off_large_renames
@@ -43,7 +45,9 @@ from metering.placement import (
     needs_judging,
     period_work,
 )
+from metering.retrying import RetryBudget
 from metering.rules import History, periods_near, utc_iso, utc_period
+from metering.waves import Slice, plan_waves
 
 if TYPE_CHECKING:
     from metering.settings import RecorderSettings
@@ -52,6 +56,12 @@ if TYPE_CHECKING:
 
 KNOWN_CONTACTS = 300_000
 """Contacts a container remembers as active (about 100 bytes each)."""
+LARGE_BATCH_WRITES = 50
+"""Contact writes ahead from which a batch deletes its settled records as it goes, and writes in waves (a
+crash or time-out then redelivers only what was still to do): about six rounds of the writer pool. A live
+batch of ten never pays for the deletes (the event source mapping deletes its records when it returns)."""
+WAVE_REQUESTS = 64
+"""Requests per wave: eight rounds of the writer pool's eight threads."""
 
 
 @dataclass(slots=True)
@@ -67,42 +77,61 @@ class Recorder:
     def __post_init__(self) -> None:
         self.alerts = AlertStage(self.settings, self.store)
 
-    def record(self, records: Sequence[InboundRecord]) -> RecordingOutcome:
+    def record(self, records: Sequence[InboundRecord], budget: RetryBudget) -> RecordingOutcome:
+        """Record a batch. A call that keeps failing (after botocore's retries and ours within `budget`) fails
+        only the records that needed it: a history read or a change's write its account's records (a later
+        event of the account waits with the earlier ones), a contact read the periods it covered, a period's
+        opening that month's records; everything else is settled in this invocation."""
         outcome = RecordingOutcome()
-        entries, retries = take_in(records, self.settings, self.store, outcome)
+        entries, retries = take_in(records, self.settings, self.store, outcome, budget)
+        entries = held_back(entries, outcome)
         if not entries:
             return outcome
         try:
-            plan_states, histories = self._read_context(entries)
-            plan = judge_batch(entries, histories, plan_states, self.settings.grace)
-            self.store.subscriptions.save([change.subscription for change in plan.changes])
+            close_states = budget.call(lambda: self.store.close_states.read_since(earliest_period(entries)))
         except StoreUnavailable as exc:
-            outcome.fail((entry.message_id for entry in entries), None, str(exc))
+            outcome.fail((entry.message_id for entry in entries), str(exc))
             return outcome
-        judged = hand_off_large_renames(plan.judged, self.settings, outcome)
-        work = period_work(judged)
-        try:
-            self._open_periods(work, plan_states)
-            active = self._read_active(work)
-        except StoreUnavailable as exc:
-            outcome.fail((m for w in work.values() for m in w.message_ids), None, str(exc))
-            return outcome
-        self._write_contacts(work, active, retries, outcome)
-        self._record_late(work, active, outcome)
+        histories = self._read_histories(entries, close_states, budget, outcome)
+        entries = held_back(entries, outcome)
+        plan = judge_batch(entries, histories, close_states, self.settings.grace)
+        self._save_changes(plan.changes, budget, outcome)
+        judged = hand_off_large_renames(held_back(plan.judged, outcome), self.settings, outcome)
+        work = period_work(held_back(judged, outcome))
+        work = self._open_periods(work, close_states, budget, outcome)
+        active = self._read_active(work, outcome)
+        pending, carried = contacts_to_write(work, active, retries, self.known)
+        large = len(pending) >= LARGE_BATCH_WRITES
+        waves = plan_waves(work, pending, carried, WAVE_REQUESTS if large else None)
+        busy_periods = {part.ref for wave in waves for part in wave}
+        self.known.add_all(
+            (ref, c) for ref, w in work.items() if ref not in busy_periods for c in w.activations
+        )
+        acknowledgement = Acknowledgement(records, self.settings, outcome) if large else None
+        if acknowledgement:
+            busy = messages_with_work(work, pending, carried)
+            acknowledgement.settle(r.message_id for r in records if r.message_id not in busy)
+        failed: set[PeriodRef] = set()
+        for number, wave in enumerate(waves, start=1):
+            self._write_wave(wave, work, active, failed, outcome, budget)
+            if acknowledgement and number < len(waves):
+                acknowledgement.settle(m for part in wave for m in part.settles)
         touches = sum(len(e.contact_ids or ()) for e in entries if isinstance(e, ActivityEvent))
         outcome.duplicate_touches = max(0, touches - outcome.activations - outcome.fanned_out_contacts)
         return outcome
 
     # ---- stages ----
 
-    def _read_context(
-        self, entries: Sequence[BatchEntry]
-    ) -> tuple[dict[str, CloseState], dict[str, History]]:
-        """The close states of every period the batch can reach, and the histories of the accounts whose
-        events need judging (consistent reads: the batch before this one is always seen)."""
-        earliest = min(_periods_reached(entries))
-        close_states = self.store.close_states.read_since(earliest)
-        accounts = {e.subscription.account_id for e in entries if isinstance(e, ChangeEvent)}
+    def _read_histories(
+        self,
+        entries: Sequence[BatchEntry],
+        close_states: Mapping[str, CloseState],
+        budget: RetryBudget,
+        outcome: RecordingOutcome,
+    ) -> dict[str, History]:
+        """The histories of the accounts whose events need judging (consistent reads: the batch before this
+        one is always seen). An account whose read kept failing has all its records failed."""
+        accounts = {e.account_id for e in entries if isinstance(e, ChangeEvent)}
         accounts |= {
             e.account_id
             for e in entries
@@ -112,61 +141,113 @@ class Recorder:
                 or self.alerts.wants_history(PeriodRef(e.account_id, utc_period(e.event.occurred_at)))
             )
         }
-        stored = self.store.subscriptions.histories(accounts)
         default = self.settings.default_timezone
-        return close_states, {account: History.of(stored[account], default) for account in accounts}
+        histories: dict[str, History] = {}
+        for account, stored in self.store.subscriptions.histories(accounts, budget).items():
+            if isinstance(stored, StoreUnavailable):
+                outcome.fail_account(account, str(stored))
+            else:
+                histories[account] = History.of(stored, default)
+        return histories
 
-    def _open_periods(self, work: Mapping[PeriodRef, PeriodWork], states: Mapping[str, CloseState]) -> None:
-        """Before a period's first contact is written, the close job must know the period has activity."""
+    def _save_changes(
+        self, changes: Sequence[ChangeEvent], budget: RetryBudget, outcome: RecordingOutcome
+    ) -> None:
+        """Store the batch's subscription changes; an account whose change could not be stored has all its
+        records failed (its later events were judged with the change)."""
+        saved = self.store.subscriptions.save([change.subscription for change in changes], budget)
+        for change, result in zip(changes, saved, strict=True):
+            if isinstance(result, StoreUnavailable):
+                outcome.fail_account(change.account_id, str(result))
+
+    def _open_periods(
+        self,
+        work: Mapping[PeriodRef, PeriodWork],
+        states: Mapping[str, CloseState],
+        budget: RetryBudget,
+        outcome: RecordingOutcome,
+    ) -> dict[PeriodRef, PeriodWork]:
+        """Before a period's first contact is written, the close job must know the period has activity. A
+        month that could not be opened has the records of its periods failed; the others go on."""
+        unopened: set[str] = set()
         for period in sorted({ref.period for ref, w in work.items() if w.activations} - set(states)):
-            self.store.close_states.open(period)
+            try:
+                budget.call(partial(self.store.close_states.open, period))
+            except StoreUnavailable as exc:
+                unopened.add(period)
+                for ref, w in work.items():
+                    if ref.period == period:
+                        outcome.fail(w.message_ids, str(exc), ref)
+        return {ref: w for ref, w in work.items() if ref.period not in unopened}
 
     def _read_active(
-        self, work: Mapping[PeriodRef, PeriodWork]
+        self, work: dict[PeriodRef, PeriodWork], outcome: RecordingOutcome
     ) -> dict[tuple[PeriodRef, str], ContactRecord]:
+        """Which contacts the container does not know are already active. A period some of whose contacts
+        could not be read has its records failed and leaves `work`."""
         unknown = [
             (ref, contact_id)
             for ref, w in work.items()
             for contact_id in [*w.activations, *(c for e in w.sealed for c in e.contact_ids or ())]
             if (ref, contact_id) not in self.known
         ]
-        return self.store.read_periods(unknown, [])[0] if unknown else {}
+        if not unknown:
+            return {}
+        found = self.store.contacts.find_active(unknown)
+        for ref in sorted(found.unread):
+            outcome.fail(work.pop(ref).message_ids, "contact reads kept failing", ref)
+        return found.active
 
-    def _write_contacts(
+    def _write_wave(
         self,
+        wave: Sequence[Slice],
         work: Mapping[PeriodRef, PeriodWork],
         active: Mapping[tuple[PeriodRef, str], ContactRecord],
-        retries: set[str],
+        failed: set[PeriodRef],
         outcome: RecordingOutcome,
+        budget: RetryBudget,
     ) -> None:
-        """Write every new contact of every open period at once (round trips overlap), then per period: the
-        contacts this batch made active, and the alerts they cross."""
-        pending, new = contacts_to_write(work, active, retries, self.known)
-        results = self.store.contacts.activate(pending)
-        failed_refs = {activation.ref for activation in results.failed}
-        for activation in results.inserted:
-            new[activation.ref].contacts.append(
-                (activation, work[activation.ref].activations[activation.contact_id][1])
-            )
-        inserted = Counter(activation.ref for activation in results.inserted)
-        for ref, w in work.items():
-            outcome.activations += inserted[ref]
-            if ref in failed_refs:
-                outcome.fail(w.message_ids, ref, "contact writes kept failing")
+        """Write the wave's contacts at once (round trips overlap), then per slice, in delivery order, the
+        alerts its contacts cross, and the late events of each period whose last slice this is. A period
+        whose writes or alerts failed (`failed`) has its records retried and its later slices skipped."""
+        live = [part for part in wave if part.ref not in failed]
+        results = self.store.contacts.activate([a for part in live for a in part.to_write])
+        made_active: defaultdict[PeriodRef, list[Activation]] = defaultdict(list)
+        for activation in [*results.inserted, *results.rewritten]:
+            made_active[activation.ref].append(activation)
+        rewritten = {activation.ref for activation in results.rewritten}
+        failed.update(activation.ref for activation in results.failed)
+        finished: dict[PeriodRef, PeriodWork] = {}
+        for part in live:
+            w = work[part.ref]
+            outcome.activations += len(made_active[part.ref])
+            if part.ref in failed:
+                outcome.fail(w.message_ids, "contact writes kept failing", part.ref)
                 continue
-            found = new.get(ref)
-            if found:
-                found.contacts.sort(key=lambda pair: _position(w, pair[0]))
-            if not found or self._alert(w, found, outcome):
-                self.known.add_all((ref, contact_id) for contact_id in w.activations)
+            new = NewContacts(
+                [
+                    *part.written.contacts,
+                    *((a, w.activations[a.contact_id][1]) for a in made_active[part.ref]),
+                ],
+                redelivered=part.written.redelivered or part.ref in rewritten,
+            )
+            new.contacts.sort(key=lambda pair: _position(w, pair[0]))
+            if new.contacts and not self._alert(w, new, outcome, budget):
+                failed.add(part.ref)
+                continue
+            self.known.add_all((part.ref, activation.contact_id) for activation, _ in new.contacts)
+            if part.last:
+                self.known.add_all((part.ref, contact_id) for contact_id in w.activations)
+                finished[part.ref] = w
+        self._record_late(finished, active, outcome, budget)
 
-    def _alert(self, w: PeriodWork, new: NewContacts, outcome: RecordingOutcome) -> bool:
+    def _alert(self, w: PeriodWork, new: NewContacts, outcome: RecordingOutcome, budget: RetryBudget) -> bool:
         """The alerts the new contacts raise; False when the period must be retried (its contacts are then not
         remembered as done, so the retry checks them again)."""
         try:
-            outcome.alerts.extend(self.alerts.settle(w.ref, new))
+            outcome.alerts.extend(self.alerts.settle(w.ref, new, budget))
         except StoreUnavailable as exc:
-            outcome.fail(w.message_ids, w.ref, str(exc))
+            outcome.fail(w.message_ids, str(exc), w.ref)
             return False
         return True
 
@@ -175,11 +256,12 @@ class Recorder:
         work: Mapping[PeriodRef, PeriodWork],
         active: Mapping[tuple[PeriodRef, str], ContactRecord],
         outcome: RecordingOutcome,
+        budget: RetryBudget,
     ) -> None:
         """Events past their close instant are late; events of a sealed period are late unless every contact
         they touch was already active (a redelivery of something counted before the seal changes nothing)."""
         received_at = utc_iso(datetime.now(UTC))
-        late: list[tuple[LateEvent, str]] = []
+        late: dict[LateEvent, str] = {}
         for ref, w in work.items():
 
             def was_active(contact_id: str, ref: PeriodRef = ref, w: PeriodWork = w) -> bool:
@@ -192,15 +274,13 @@ class Recorder:
                 record = LateEvent(
                     ref, entry.event_id, event.detail_type, utc_iso(event.occurred_at), received_at
                 )
-                late.append((record, entry.message_id))
+                late[record] = entry.message_id
         if not late:
             return
-        try:
-            stored = self.store.contacts.record_late_events([record for record, _ in late])
-        except StoreUnavailable as exc:
-            outcome.fail({message for _, message in late}, None, str(exc))
-            return
-        outcome.late.extend(stored)
+        results = self.store.contacts.record_late_events(list(late), budget)
+        outcome.late.extend(results.stored)
+        for record in results.failed:
+            outcome.fail([late[record]], "late event writes kept failing", record.ref)
 
 
 def contacts_to_write(
@@ -227,6 +307,25 @@ def contacts_to_write(
     return pending, new
 
 
+def messages_with_work(
+    work: Mapping[PeriodRef, PeriodWork], pending: Sequence[Activation], new: Mapping[PeriodRef, NewContacts]
+) -> set[str]:
+    """The records with something left to do after the reads: making a contact active (and raising the
+    alerts it crosses), or a late or sealed event. A record that only touched contacts already active (or
+    made active by an earlier record of the batch) is done."""
+    busy = {_message_of(work[activation.ref], activation) for activation in pending}
+    busy.update(
+        _message_of(work[ref], activation) for ref, found in new.items() for activation, _ in found.contacts
+    )
+    busy.update(entry.message_id for w in work.values() for entry in [*w.late, *w.sealed])
+    return busy
+
+
+def earliest_period(entries: Iterable[BatchEntry]) -> str:
+    """The earliest period an entry of the batch can belong to in any zone: close states are read from it."""
+    return min(_periods_reached(entries))
+
+
 def _periods_reached(entries: Iterable[BatchEntry]) -> Iterable[str]:
     for entry in entries:
         if isinstance(entry, ChangeEvent):
@@ -235,6 +334,22 @@ def _periods_reached(entries: Iterable[BatchEntry]) -> Iterable[str]:
             yield entry.context.period
         else:
             yield from periods_near(entry.event.occurred_at)
+
+
+class _OfAccount(Protocol):
+    @property
+    def account_id(self) -> str: ...
+
+    @property
+    def message_id(self) -> str: ...
+
+
+def held_back[T: _OfAccount](items: Sequence[T], outcome: RecordingOutcome) -> list[T]:
+    """The items of accounts none of whose records failed. The others wait with their account's failed
+    records (their messages fail too), so an account's events are always recorded in delivery order."""
+    failed = outcome.failed_accounts
+    outcome.failed_message_ids.update(item.message_id for item in items if item.account_id in failed)
+    return [item for item in items if item.account_id not in failed]
 
 
 def _message_of(work: PeriodWork, activation: Activation) -> str:

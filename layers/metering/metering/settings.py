@@ -41,6 +41,7 @@ class _Settings(BaseModel):
 class RecorderSettings(_Settings):
     """RecordActivity: where activations, fan-out chunks and alerts go."""
 
+    activity_queue_url: str = Field(alias="ACTIVITY_QUEUE_URL", min_length=1)
     fanout_queue_url: str = Field(alias="FANOUT_QUEUE_URL", min_length=1)
     event_bus_name: str = Field(alias="EVENT_BUS_NAME", min_length=1)
     alert_thresholds: Percentages = Field(alias="ALERT_THRESHOLDS", default=(80, 100))

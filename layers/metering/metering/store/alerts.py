@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from metering.model import AlertRecord, PeriodRef
 from metering.rules import utc_iso
 from metering.store.codec import Item, n, number, s, text
-from metering.store.keys import Key, alerts_key, ref_from_pk
+from metering.store.keys import alerts_key, ref_from_pk
 from metering.store.table import Conflict, Table
 
 ALERT_PREFIX = "alert"
@@ -28,9 +28,11 @@ class Alerts:
     def __init__(self, table: Table) -> None:
         self._table = table
 
-    @staticmethod
-    def key(ref: PeriodRef) -> Key:
-        return alerts_key(ref)
+    def read_claims(self, ref: PeriodRef) -> dict[int, AlertRecord]:
+        """The thresholds claimed in the period (eventually consistent: a stale miss is settled by the
+        conditional claim that follows it)."""
+        found = list(self._table.batch_get([alerts_key(ref)]))
+        return self.decode(found[0])[1] if found else {}
 
     @staticmethod
     def decode(item: Item) -> tuple[PeriodRef, dict[int, AlertRecord]]:
@@ -44,8 +46,9 @@ class Alerts:
         }
 
     def claim(self, alert: AlertRecord) -> AlertRecord | None:
-        """Record that a threshold was reached. None for the one caller that records it first; the claim
-        already stored for everyone else."""
+        """Record that a threshold was reached. None for the one caller that records it first (a second try
+        of a claim that took effect finds itself stored, and is that caller); the claim already stored for
+        everyone else."""
         outcome = self._table.write(
             Key=alerts_key(alert.ref),
             UpdateExpression="SET #alert = :alert",
@@ -59,12 +62,14 @@ class Alerts:
                         "plan": s(alert.plan),
                         "reachedAt": s(alert.reached_at),
                         "claimedAt": n(alert.claimed_at),
+                        "claimer": s(alert.claimer),
                     }
                 }
             },
         )
         if isinstance(outcome, Conflict):
-            return self.decode(outcome.item)[1][alert.threshold_percent]
+            stored = self.decode(outcome.item)[1][alert.threshold_percent]
+            return None if stored.claimer == alert.claimer else stored
         return None
 
     def add_to_tally(self, ref: PeriodRef, contacts: int) -> tuple[int, dict[int, AlertRecord]]:
@@ -103,5 +108,6 @@ def _record(ref: PeriodRef, percent: int, value: Item) -> AlertRecord:
         plan=text(value, "plan"),
         reached_at=text(value, "reachedAt"),
         claimed_at=number(value, "claimedAt"),
+        claimer=text(value, "claimer"),
         published="publishedAt" in value,
     )

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 from metering.model import Activation, ContactRecord, LateEvent, PeriodRef, StoreUnavailable
+from metering.retrying import CLOCK, RetryBudget, backoff_delay
 from metering.rules import month_end, utc_iso, zone
 from metering.store.codec import EXPIRES, FIRST_EVENT, FIRST_OCCURRED, FIRST_TYPE, Item, epoch, s, text
-from metering.store.keys import CONTACT_PREFIX, Key, contact_key, late_key, period_pk, ref_from_pk
-from metering.store.table import Conflict, Table, backoff_delay
+from metering.store.keys import CONTACT_PREFIX, contact_key, late_key, period_pk, ref_from_pk
+from metering.store.table import Conflict, Table
 
 CONTACT_RETENTION = timedelta(days=400)
 """Contacts stay explainable for this long after their period (DynamoDB TTL removes them, free of charge)."""
@@ -21,21 +21,47 @@ WRITE_ROUNDS = 4
 
 @dataclass(frozen=True, slots=True)
 class Activated:
-    """What writing new contacts found: those this write made active, those already active, and those whose
-    write kept failing (their periods must be retried)."""
+    """What writing new contacts found: those this write made active, those found active with this very
+    event as their first (an earlier try took effect: a time-out after the write, or an earlier delivery the
+    read before the write missed), and those whose write kept failing (their periods must be retried)."""
 
     inserted: list[Activation]
-    existing: list[ContactRecord]
+    rewritten: list[Activation]
     failed: list[Activation]
+
+
+@dataclass(frozen=True, slots=True)
+class FoundActive:
+    """What reading contacts found: the active ones, and the periods some of whose contacts could not be
+    read (their reads kept failing: those periods must be retried)."""
+
+    active: dict[tuple[PeriodRef, str], ContactRecord]
+    unread: set[PeriodRef]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLate:
+    """What storing late events did: those stored now (not by an earlier delivery), and those whose write
+    kept failing."""
+
+    stored: list[LateEvent]
+    failed: list[LateEvent]
 
 
 class Contacts:
     def __init__(self, table: Table) -> None:
         self._table = table
 
-    @staticmethod
-    def key(ref: PeriodRef, contact_id: str) -> Key:
-        return contact_key(ref, contact_id)
+    def find_active(self, contacts: Sequence[tuple[PeriodRef, str]]) -> FoundActive:
+        """Which of `contacts` are active, in BatchGetItem calls of 100 keys (eventually consistent: a stale
+        miss is settled by the conditional write that follows it). Contacts are read period by period, so a
+        read that keeps failing leaves as few periods unread as it can."""
+        keys = [contact_key(ref, contact_id) for ref, contact_id in sorted(contacts)]
+        items, unread = self._table.batch_get_settled(keys)
+        return FoundActive(
+            active={(ref, record.contact_id): record for ref, record in map(self.decode, items)},
+            unread={ref_from_pk(text(key, "pk")) for key in unread},
+        )
 
     @staticmethod
     def decode(item: Item) -> tuple[PeriodRef, ContactRecord]:
@@ -48,8 +74,8 @@ class Contacts:
 
     def activate(self, activations: Sequence[Activation]) -> Activated:
         """Create one item per contact, each only if it is new (a failed condition returns the item in the
-        way, so "already active" costs no read). A write that fails is tried again in a few rounds; what
-        still fails is returned as failed, so only its period is retried."""
+        way, so "already active" costs no read, and says whose it is). A write that fails is tried again in a
+        few rounds; what still fails is returned as failed, so only its period is retried."""
 
         def put(activation: Activation) -> ContactRecord | StoreUnavailable | None:
             period_end = month_end(activation.ref.period, zone("UTC"))
@@ -67,22 +93,22 @@ class Contacts:
             return self.decode(outcome.item)[1] if isinstance(outcome, Conflict) else None
 
         inserted: list[Activation] = []
-        existing: list[ContactRecord] = []
+        rewritten: list[Activation] = []
         pending = list(activations)
         for round_number in range(WRITE_ROUNDS):
-            time.sleep(backoff_delay(round_number) if round_number else 0.0)
+            CLOCK.sleep(backoff_delay(round_number) if round_number else 0.0)
             failed: list[Activation] = []
             for activation, result in zip(pending, self._table.in_parallel(put, pending), strict=True):
                 if isinstance(result, StoreUnavailable):
                     failed.append(activation)
                 elif result is None:
                     inserted.append(activation)
-                else:
-                    existing.append(result)
+                elif result.first_event_id == activation.event_id:
+                    rewritten.append(activation)
             pending = failed
             if not pending:
                 break
-        return Activated(inserted, existing, pending)
+        return Activated(inserted, rewritten, pending)
 
     def count(self, ref: PeriodRef, *, consistent: bool) -> int:
         """The period's active contacts, counted from its contact items (a Query reads ~4 KB per 30)."""
@@ -116,8 +142,17 @@ class Contacts:
         }
         return not isinstance(self._table.create(item), Conflict)
 
-    def record_late_events(self, events: Iterable[LateEvent]) -> list[LateEvent]:
-        """Store late events in parallel; returns those stored now (not by an earlier delivery)."""
-        pending = list(events)
-        stored = self._table.in_parallel(self.record_late, pending)
-        return [late for late, new in zip(pending, stored, strict=True) if new]
+    def record_late_events(self, events: Sequence[LateEvent], budget: RetryBudget) -> StoredLate:
+        """Store late events in parallel, each tried again within `budget` (a conditional put: a second try
+        of one that took effect finds it stored)."""
+        results = self._table.settle_in_parallel(
+            lambda late: budget.call(lambda: self.record_late(late)), events
+        )
+        return StoredLate(
+            stored=[late for late, result in zip(events, results, strict=True) if result is True],
+            failed=[
+                late
+                for late, result in zip(events, results, strict=True)
+                if isinstance(result, StoreUnavailable)
+            ],
+        )

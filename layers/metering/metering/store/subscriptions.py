@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
+from metering.model import StoreUnavailable
+from metering.retrying import RetryBudget
 from metering.rules import Subscription, utc_iso
 from metering.store.codec import Item, n, number, s, ss, strings, text
 from metering.store.keys import (
@@ -29,20 +31,29 @@ class Subscriptions:
     def __init__(self, table: Table) -> None:
         self._table = table
 
-    def save(self, changes: Sequence[Subscription]) -> list[Subscription]:
-        """Store each change unless it is stored already; returns each change as stored (an earlier storing
-        of the same change wins, with the sealed periods it recorded then)."""
+    def save(
+        self, changes: Sequence[Subscription], budget: RetryBudget
+    ) -> list[Subscription | StoreUnavailable]:
+        """Store each change unless it is stored already, tried again within `budget`; returns each change as
+        stored (an earlier storing of the same change wins, with the sealed periods it recorded then), or
+        the failure its write ended with."""
 
         def put(change: Subscription) -> Subscription:
             outcome = self._table.create(_encode(change))
             return decode_subscription(outcome.item) if isinstance(outcome, Conflict) else change
 
-        return self._table.in_parallel(put, list(changes))
+        return self._table.settle_in_parallel(lambda change: budget.call(lambda: put(change)), changes)
 
-    def histories(self, account_ids: Iterable[str]) -> dict[str, list[Subscription]]:
-        """Each account's changes, read consistently: a change stored by the batch before is always seen."""
+    def histories(
+        self, account_ids: Iterable[str], budget: RetryBudget
+    ) -> dict[str, list[Subscription] | StoreUnavailable]:
+        """Each account's changes, read consistently (a change stored by the batch before is always seen) and
+        tried again within `budget`; or the failure an account's read ended with."""
         accounts = sorted(set(account_ids))
-        return dict(zip(accounts, self._table.in_parallel(self.history, accounts), strict=True))
+        results = self._table.settle_in_parallel(
+            lambda account: budget.call(lambda: self.history(account)), accounts
+        )
+        return dict(zip(accounts, results, strict=True))
 
     def history(self, account_id: str) -> list[Subscription]:
         return [

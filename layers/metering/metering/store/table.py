@@ -3,9 +3,8 @@ writes that resubmit what was left unprocessed, paged queries, and the writer po
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +13,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from metering import aws
 from metering.errors import classify, error_code
 from metering.model import StoreUnavailable
+from metering.retrying import CLOCK, backoff_delay
 from metering.store.codec import Item
 from metering.store.keys import Key, key_of
 
@@ -110,6 +110,19 @@ class Table:
             for items in _until_processed(get, unique[offset : offset + BATCH_GET_LIMIT], "BatchGetItem"):
                 yield from items
 
+    def batch_get_settled(self, keys: Sequence[Key]) -> tuple[list[Item], list[Key]]:
+        """`batch_get` chunk by chunk (eventually consistent): the items found, and the keys of chunks that
+        kept failing, so a caller fails only what needed those keys."""
+        found: list[Item] = []
+        unread: list[Key] = []
+        for offset in range(0, len(keys), BATCH_GET_LIMIT):
+            chunk = keys[offset : offset + BATCH_GET_LIMIT]
+            try:
+                found += self.batch_get(chunk)
+            except StoreUnavailable:
+                unread += chunk
+        return found, unread
+
     def batch_put(self, items: Iterable[Item]) -> None:
         """Unconditional puts (idempotent by key) in BatchWriteItem calls of up to 25 items."""
         unique = list({key_of(item): item for item in items}.values())
@@ -143,8 +156,28 @@ class Table:
                 return
 
     def in_parallel[T, R](self, work: Callable[[T], R], inputs: Sequence[T]) -> list[R]:
-        """Run independent single-item calls on the writer pool: their round trips overlap."""
-        return list(self._writers.map(work, inputs))
+        """Run independent single-item calls on the writer pool: their round trips overlap. A call that
+        raises stops the others (none is still running when the error reaches the caller)."""
+        futures = [self._writers.submit(work, value) for value in inputs]
+        try:
+            return [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()
+            wait(futures)
+
+    def settle_in_parallel[T, R](
+        self, work: Callable[[T], R], inputs: Sequence[T]
+    ) -> list[R | StoreUnavailable]:
+        """`in_parallel`, each input's result or the `StoreUnavailable` its call ended with."""
+
+        def settled(value: T) -> R | StoreUnavailable:
+            try:
+                return work(value)
+            except StoreUnavailable as exc:
+                return exc
+
+        return self.in_parallel(settled, inputs)
 
 
 def _operation_name(operation: Callable[..., Any]) -> str:
@@ -172,11 +205,5 @@ def _until_processed[Answer](
         stalled = 0 if len(left) < len(pending) else stalled + 1
         if stalled > STALLED_RESUBMISSIONS:
             raise failure or StoreUnavailable(f"{operation} left entries unprocessed")
-        time.sleep(backoff_delay(stalled))
+        CLOCK.sleep(backoff_delay(stalled))
         pending = left
-
-
-def backoff_delay(attempt: int) -> float:
-    """Seconds to wait before try number `attempt` of a request that may succeed later (50 ms doubling,
-    capped at 2 s)."""
-    return min(0.05 * 2.0**attempt, 2.0)
