@@ -191,9 +191,10 @@ logger binds the stream it first sees, at the first cold start."""
 
 @dataclass(slots=True)
 class OutboundRequests:
-    """SQS sends and EventBridge entries of every client in this process once `listen` ran: the functions'
-    fan-out chunks, close requests, alerts and invoices (the harness itself sends none). Each function runs
-    with clients of its own role's session, so the count wraps botocore's one entry point for API calls."""
+    """SQS sends (and deletes) and EventBridge entries of every client in this process once `listen` ran: the
+    functions' fan-out chunks, close requests, the records a large batch deletes as it goes, alerts and
+    invoices (the harness itself sends none). Each function runs with clients of its own role's session, so
+    the count wraps botocore's one entry point for API calls."""
 
     sqs_requests: int = 0
     sqs_messages: int = 0
@@ -219,6 +220,8 @@ class OutboundRequests:
         elif operation == "SendMessageBatch":
             self.sqs_requests += 1
             self.sqs_messages += len(params.get("Entries", []))
+        elif operation == "DeleteMessageBatch":
+            self.sqs_requests += 1
         elif operation == "PutEvents":
             self.published_events += len(params.get("Entries", []))
 

@@ -109,9 +109,13 @@ class Metering:
         """Invoke RecordActivity with one SQS batch; returns its partial-batch response."""
         return self.invoke("RecordActivity", event)
 
+    def activity_batch(self, events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        """These envelopes as one SQS batch of the activity queue."""
+        return sqs_event(events, queue_arn=self._queue_arn("RecordActivity", "ActivityQueue"))
+
     def record_events(self, events: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Deliver these envelopes as one batch; returns (the SQS event, the response)."""
-        batch = sqs_event(events, queue_arn=self._queue_arn("RecordActivity", "ActivityQueue"))
+        batch = self.activity_batch(events)
         return batch, self.record(batch)
 
     def drain_fanout(self) -> dict[str, Any]:
@@ -221,6 +225,28 @@ class Metering:
 
         self.guard.identities.register_per_function("before-call.eventbridge.PutEvents", refuse_for)
         return refused
+
+    def throttle_dynamodb(self, throttles: Callable[[str, str], bool]) -> list[str]:
+        """DynamoDB throttles, beyond botocore's retries, every call of the functions whose operation and
+        request body `throttles` picks (an outage on the partitions it names, for as long as it says);
+        returns the operations it throttled."""
+        throttled: list[str] = []
+
+        def throttle_for(function: str) -> Handler:
+            def throttle(
+                model: Any, params: dict[str, Any], **_: Any
+            ) -> tuple[AWSResponse, dict[str, Any]] | None:
+                body = params["body"].decode() if isinstance(params["body"], bytes) else str(params["body"])
+                if not throttles(model.name, body):
+                    return None
+                throttled.append(model.name)
+                error = {"Code": "ThrottlingException", "Message": "throttled by the test"}
+                return answered(400), {"Error": error}
+
+            return throttle
+
+        self.guard.identities.register_per_function("before-call.dynamodb", throttle_for)
+        return throttled
 
     # ---- reading the outcome ----
 

@@ -1,97 +1,107 @@
-"""Fault injection through `simulate`: with a tenth of the DynamoDB and S3 calls failing (throttling, server
-errors, time-outs after the write took effect, crashed invocations), every record redelivered as SQS would and
-every killed close run again, the month bills exactly what the fault-free replay bills."""
+"""Fault injection through `simulate`, on three shapes of month: many accounts in every batch, one hot account
+(its contacts and a claim-checked rename fanned out in chunks), and a month with its edges (three time zones,
+a mid-month upgrade, events around midnight of the month's end, late and rejected events, the next month's
+start). A share of the functions' DynamoDB and S3 calls fails (throttling, server errors, time-outs after the
+write took effect, crashed invocations); every record is redelivered as SQS would, every killed close run runs
+again. Each month bills exactly what its fault-free replay bills, which bills what its generator planned; no
+record ever comes back because another account's call failed; and the receives stay bounded: at 2 % no
+message needs more than the activity queue's `maxReceiveCount`, at 10 % the median message needs at most 3."""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from metering_tools.provisioning import function_configs, load_template
+from metering_tools.regimes import hot_rename, many_accounts, sample_month
 from metering_tools.simulate import SimulationOptions, simulate
-
-from tests.helpers import contact_event, contact_ids, iso, status_renamed, subscription_changed, utc
 
 pytestmark = pytest.mark.slow
 
 NOW = datetime(2026, 11, 2, tzinfo=UTC)
-BILLED_SECTIONS = ("invoices", "usage", "alerts", "late")
-SEEDS = (1, 7, 2026)
-BUCKET = "crm-claim-checks"
-RENAME_KEY = "renames/acc-start/st-9.txt"
+BILLED_SECTIONS = ("invoices", "usage", "alerts", "rejected", "late")
+MAX_RECEIVE_COUNT = (
+    function_configs(load_template())["RecordActivity"].sources["ActivityQueue"].max_receive_count
+)
 
 
-def _month() -> list[dict[str, Any]]:
-    """Four accounts over October 2026: a start plan far over its allowance (60 contacts touched twice, then a
-    1,100-contact rename through a claim-check, fanned out in two chunks), a grow plan with add-ons under its
-    allowance, a legacy plan, an account without subscription, and two events arriving after the close."""
-    events = [
-        subscription_changed("acc-start", "start", "2026-09-20T08:00:00Z", timezone="Europe/Berlin"),
-        subscription_changed("acc-grow", "grow", "2026-09-20T08:00:00Z", addon_contacts=50),
-        subscription_changed("acc-legacy", "legacy", "2026-09-20T08:00:00Z"),
-    ]
-    start = utc("2026-10-01T08:00:00Z")
-    for touch, detail_type in enumerate(("Contact Created", "Note Added")):
-        for index, contact_id in enumerate(contact_ids("s", 60)):
-            at = iso(start + timedelta(days=touch * 10, minutes=index * 7))
-            events.append(contact_event("acc-start", contact_id, at, detail_type=detail_type))
-    for account, count in (("acc-grow", 240), ("acc-legacy", 30), ("acc-nosub", 20)):
-        for index, contact_id in enumerate(contact_ids("c", count)):
-            events.append(contact_event(account, contact_id, iso(start + timedelta(hours=index, minutes=3))))
-    events.append(status_renamed("acc-start", "2026-10-25T09:00:00Z", claim_check=(BUCKET, RENAME_KEY)))
-    for contact_id in ("late-1", "late-2"):
-        events.append(
-            contact_event("acc-grow", contact_id, "2026-10-31T20:00:00Z", delivered_at="2026-11-01T07:30:00Z")
-        )
-    return sorted(events, key=lambda event: (event["time"], event["id"]))
+@dataclass(frozen=True, slots=True)
+class Shape:
+    name: str
+    plan: Callable[[int], sample_month.Month]
 
 
-@pytest.fixture(scope="module")
-def month(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("faults")
-    path = folder / "month.jsonl"
-    path.write_text("".join(json.dumps(event) + "\n" for event in _month()), encoding="utf-8")
-    rename = folder / "month.objects" / RENAME_KEY
-    rename.parent.mkdir(parents=True)
-    rename.write_text("\n".join(contact_ids("r", 1100)) + "\n", encoding="utf-8")
-    return path
+SHAPES = (
+    Shape("many accounts per batch", many_accounts(300, events=5_000)),
+    Shape("one hot account", hot_rename(contacts=2_500)),
+    Shape("month edges", lambda seed: sample_month.build_month(4_000, seed, 2026, 10, rename_contacts=1_500)),
+)
+RUNS = (
+    pytest.param(0.02, 5, id="2%-seed-5"),
+    pytest.param(0.1, 1, id="10%-seed-1"),
+    pytest.param(0.1, 7, id="10%-seed-7"),
+    pytest.param(0.2, 2026, id="20%-seed-2026"),
+)
 
 
-@pytest.fixture(scope="module")
-def fault_free(month: Path) -> dict[str, Any]:
-    return simulate(SimulationOptions(events_path=month, now=NOW))
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    month: sample_month.Month
+    path: Path
+    report: dict[str, Any]
 
 
-def test_the_fault_free_month_bills_what_the_rules_say(fault_free: dict[str, Any]) -> None:
-    # Given the month replayed without faults
-    # Then only the start plan is billed: 60 + 1,100 active contacts over an allowance of 50
-    assert [
-        (row["accountId"], row["activeContacts"], row["amountCents"]) for row in fault_free["invoices"]
-    ] == [("acc-start", 1160, 1110 * 25)]
-    assert [(row["accountId"], row["activeContacts"]) for row in fault_free["usage"]] == [
-        ("acc-grow", 240),
-        ("acc-legacy", 30),
-        ("acc-nosub", 20),
-        ("acc-start", 1160),
-    ]
-    assert [row["eventId"] for row in fault_free["late"]] == sorted(
-        row["eventId"] for row in fault_free["late"]
-    )
-    assert len(fault_free["late"]) == 2
+@pytest.fixture(scope="module", params=SHAPES, ids=lambda shape: shape.name)
+def fault_free(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Replayed:
+    """The month of a shape, written with its claim-check objects, and its fault-free report."""
+    shape: Shape = request.param
+    month = shape.plan(17)
+    path = tmp_path_factory.mktemp("faults") / "month.jsonl"
+    sample_month.write_month(month, path)
+    return Replayed(month, path, simulate(SimulationOptions(events_path=path, now=NOW)))
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_a_month_replayed_with_ten_percent_faults_bills_exactly_what_a_fault_free_replay_bills(
-    month: Path, fault_free: dict[str, Any], seed: int
+def test_the_fault_free_replay_bills_what_the_month_was_planned_to_bill(fault_free: Replayed) -> None:
+    # Given a month and what its generator planned: the active contacts of every account and period
+    planned = {
+        (row.account.account_id, row.period): row.active
+        for row in sample_month.expectations(fault_free.month)
+        if row.active
+    }
+    # When it is replayed without faults
+    report = fault_free.report
+    # Then every account's usage is what was planned, each message was received once, none dead-lettered
+    assert {(row["accountId"], row["period"]): row["activeContacts"] for row in report["usage"]} == planned
+    assert report["stats"]["receives"]["max"] == 1
+    assert report["stats"]["deadLettered"] == []
+
+
+@pytest.mark.parametrize(("rate", "seed"), RUNS)
+def test_a_month_replayed_with_faults_bills_exactly_what_the_fault_free_replay_bills(
+    fault_free: Replayed, rate: float, seed: int
 ) -> None:
     # Given the fault-free report of a month
-    # When the same month is replayed with 10 % of the functions' DynamoDB and S3 calls failing
-    faulty = simulate(SimulationOptions(events_path=month, now=NOW, fault_rate=0.1, fault_seed=seed))
-    # Then faults of every kind were injected, and invoices, usage, alerts and late events are identical
+    # When the same month is replayed with a share of the functions' DynamoDB and S3 calls failing
+    faulty = simulate(
+        SimulationOptions(events_path=fault_free.path, now=NOW, fault_rate=rate, fault_seed=seed)
+    )
+    # Then faults of every kind were injected
     injected = faulty["stats"]["faults"]
     assert {"crash", "server error", "throttling", "timeout after write"} <= set(injected)
-    assert sum(injected.values()) > 100
+    # And invoices, usage, alerts, rejections and late events are identical
     for section in BILLED_SECTIONS:
-        assert faulty[section] == fault_free[section], section
+        assert faulty[section] == fault_free.report[section], section
+    # And no record came back because a call for another account failed
+    receives = faulty["stats"]["receives"]
+    assert receives["returnedForOtherAccounts"] == 0
+    # And the receives stay within the queue's limits: at 2 % no message reached the DLQ, at 10 % the median
+    # message was received at most three times
+    if rate <= 0.02:
+        assert receives["max"] <= MAX_RECEIVE_COUNT
+        assert faulty["stats"]["deadLettered"] == []
+    if rate <= 0.1:
+        assert receives["median"] <= 3

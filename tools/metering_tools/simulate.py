@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import uuid
 from collections import Counter
@@ -122,6 +123,7 @@ class Simulation:
     report_client: Any = None
     faults: FaultInjector | None = None
     delivered: DeliveredMessages = field(default_factory=DeliveredMessages)
+    returned_for_others: int = 0
 
     def __post_init__(self) -> None:
         self.schedule = CloseSchedule(self.grace, os.environ["DEFAULT_TIMEZONE"])
@@ -186,6 +188,8 @@ class Simulation:
         for message in messages:
             message.receive_count += 1
         self.delivered.deleted.clear()
+        if self.faults is not None:
+            self.faults.failed_requests.clear()
         failed: set[str] = {message.message_id for message in messages}
         try:
             response = self.invoke(function_name, {"Records": [m.as_sqs_record(queue_arn) for m in messages]})
@@ -195,8 +199,24 @@ class Simulation:
             self.restart(function_name)
         else:
             failed = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
+            self.count_returned_for_others([m for m in messages if m.message_id in failed])
         deleted = self.delivered.deleted
         return [m for m in messages if m.message_id in failed and m.handle not in deleted]
+
+    def count_returned_for_others(self, returned: Sequence[_Message]) -> None:
+        """Count the records an invocation returned although no failed request named their account while a
+        request of another account failed: the failure domain of a call is the account (or period) it is
+        for. A failed request that names no account (the close states, a claim-check object) may return any
+        record."""
+        if self.faults is None or not returned:
+            return
+        requests = self.faults.failed_requests
+        if any(not _ACCOUNT_KEY.search(request) for request in requests):
+            return
+        for message in returned:
+            account = _account_of(message.body)
+            if account and not any(f"{account}#" in request for request in requests):
+                self.returned_for_others += 1
 
     def deliver_until_done(self, function_name: str, messages: Sequence[_Message], queue: str) -> None:
         """Deliver a batch and redeliver what fails, as SQS does, until it succeeds or dead-letters."""
@@ -303,7 +323,7 @@ class Simulation:
             "dynamodb": {name: count for name, count in sorted(calls.items()) if count},
             "dynamodbItems": {name: items[name] for name, count in sorted(calls.items()) if count},
             "invocations": dict(sorted(self.invocations.items())),
-            "receives": receive_stats(self.receives),
+            "receives": receive_stats(self.receives, self.returned_for_others),
             "deadLettered": [letter.as_json() for letter in sorted(self.dead_letters.values())],
         }
         if self.faults is not None:
@@ -328,15 +348,15 @@ class DeadLetter:
         return {"queue": self.queue, "messageId": self.message_id, "redriven": self.redriven}
 
 
-def receive_stats(receives: Counter[int]) -> dict[str, Any]:
-    """How many receives the most-received message needed, the median message, and the histogram."""
-    if not receives:
-        return {"max": 0, "median": 0, "histogram": {}}
+def receive_stats(receives: Counter[int], returned_for_others: int) -> dict[str, Any]:
+    """How many receives the most-received message needed, the median message, the histogram, and how many
+    records an invocation returned only because a request of another account failed."""
     counts = sorted(receives.elements())
     return {
-        "max": counts[-1],
-        "median": counts[(len(counts) - 1) // 2],
+        "max": counts[-1] if counts else 0,
+        "median": counts[(len(counts) - 1) // 2] if counts else 0,
         "histogram": {str(count): receives[count] for count in sorted(receives)},
+        "returnedForOtherAccounts": returned_for_others,
     }
 
 
@@ -378,6 +398,20 @@ class CloseSchedule:
         reached = sorted(instant for instant in self.upcoming if instant <= clock)
         self.upcoming.difference_update(reached)
         return reached
+
+
+_ACCOUNT_KEY = re.compile(r'"S": ?"[A-Za-z0-9][A-Za-z0-9_.:-]*#')
+"""A key attribute naming an account (`{account}#...`); the system's own partitions start with `#`."""
+
+
+def _account_of(body: str) -> str | None:
+    """The account a record is for: an envelope's `detail.accountId`, or a fan-out chunk's event's."""
+    try:
+        document = json.loads(body)
+        event = document.get("event", document)
+        return str(event["detail"]["accountId"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def read_envelopes(path: Path) -> Iterator[tuple[int, str, datetime]]:

@@ -224,6 +224,8 @@ class FaultInjector:
         self.rate = rate
         self.random = random.Random(seed)
         self.injected: Counter[str] = Counter()
+        self.failed_requests: list[str] = []
+        """The requests made to fail since the harness last cleared this (what each one names)."""
         self._lock = threading.Lock()
         self._crashed = False
 
@@ -249,7 +251,7 @@ class FaultInjector:
             self.injected[kind] += 1
 
     def _before_call(
-        self, model: Any, context: dict[str, Any], **_: Any
+        self, model: Any, params: dict[str, Any], context: dict[str, Any], **_: Any
     ) -> tuple[AWSResponse, dict[str, Any]] | None:
         with self._lock:
             if self._crashed:
@@ -257,6 +259,10 @@ class FaultInjector:
         draw = self._draw()
         if draw >= self.rate:
             return None
+        body = params.get("body", b"")
+        request = f"{params.get('url_path', '')} {body.decode() if isinstance(body, bytes) else body}"
+        with self._lock:
+            self.failed_requests.append(request)
         share = draw / self.rate
         if share < 0.1:
             self._count("crash")

@@ -47,7 +47,7 @@ from metering.placement import (
 )
 from metering.retrying import RetryBudget
 from metering.rules import History, periods_near, utc_iso, utc_period
-from metering.waves import Slice, plan_waves
+from metering.waves import Slice, account_groups, plan_waves
 
 if TYPE_CHECKING:
     from metering.settings import RecorderSettings
@@ -56,12 +56,44 @@ if TYPE_CHECKING:
 
 KNOWN_CONTACTS = 300_000
 """Contacts a container remembers as active (about 100 bytes each)."""
-LARGE_BATCH_WRITES = 50
-"""Contact writes ahead from which a batch deletes its settled records as it goes, and writes in waves (a
-crash or time-out then redelivers only what was still to do): about six rounds of the writer pool. A live
-batch of ten never pays for the deletes (the event source mapping deletes its records when it returns)."""
+LARGE_BATCH_RECORDS = 100
+"""Records from which a batch is recorded in groups of accounts and writes in waves, deleting the records each
+part settles before the next (a crash or time-out then redelivers only what was still to do). A live batch
+of ten never pays for the deletes: the event source mapping deletes its records when it returns."""
+GROUP_RECORDS = 64
+"""Records per group of accounts (an account's records are never split between groups)."""
 WAVE_REQUESTS = 64
-"""Requests per wave: eight rounds of the writer pool's eight threads."""
+"""Requests per wave of contact writes: eight rounds of the writer pool's eight threads."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """What every group of a batch shares: its records, the close states read once, the retry budget, and
+    the outcome they add to."""
+
+    records: Sequence[InboundRecord]
+    retries: set[str]
+    close_states: dict[str, CloseState]
+    budget: RetryBudget
+    outcome: RecordingOutcome
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """The contact writes the batch has left after its reads: its periods' work, the contacts found active,
+    those to write, and those an earlier try made active whose alerts are due again."""
+
+    work: dict[PeriodRef, PeriodWork] = field(default_factory=dict)
+    active: dict[tuple[PeriodRef, str], ContactRecord] = field(default_factory=dict)
+    pending: list[Activation] = field(default_factory=list)
+    carried: defaultdict[PeriodRef, NewContacts] = field(default_factory=lambda: defaultdict(NewContacts))
+
+    def add(self, other: _Prepared) -> None:
+        """Another group's (its accounts, and so its periods, are not this one's)."""
+        self.work.update(other.work)
+        self.active.update(other.active)
+        self.pending += other.pending
+        self.carried.update(other.carried)
 
 
 @dataclass(slots=True)
@@ -81,7 +113,8 @@ class Recorder:
         """Record a batch. A call that keeps failing (after botocore's retries and ours within `budget`) fails
         only the records that needed it: a history read or a change's write its account's records (a later
         event of the account waits with the earlier ones), a contact read the periods it covered, a period's
-        opening that month's records; everything else is settled in this invocation."""
+        opening that month's records; everything else is settled in this invocation. A large batch is
+        recorded in groups of accounts, and its settled records are deleted as it goes."""
         outcome = RecordingOutcome()
         entries, retries = take_in(records, self.settings, self.store, outcome, budget)
         entries = held_back(entries, outcome)
@@ -92,33 +125,55 @@ class Recorder:
         except StoreUnavailable as exc:
             outcome.fail((entry.message_id for entry in entries), str(exc))
             return outcome
-        histories = self._read_histories(entries, close_states, budget, outcome)
+        large = len(records) >= LARGE_BATCH_RECORDS
+        acknowledgement = Acknowledgement(records, self.settings, outcome) if large else None
+        batch = _Batch(records, retries, close_states, budget, outcome)
+        if acknowledgement:
+            taken = {entry.message_id for entry in entries}
+            acknowledgement.settle(r.message_id for r in records if r.message_id not in taken)
+        prepared = _Prepared()
+        for group in account_groups(entries, GROUP_RECORDS if large else None):
+            part = self._prepare(group, batch)
+            if acknowledgement:
+                busy = messages_with_work(part.work, part.pending, part.carried)
+                acknowledgement.settle(entry.message_id for entry in group if entry.message_id not in busy)
+            prepared.add(part)
+        self._write(prepared, batch, acknowledgement)
+        touches = sum(len(e.contact_ids or ()) for e in entries if isinstance(e, ActivityEvent))
+        outcome.duplicate_touches = max(0, touches - outcome.activations - outcome.fanned_out_contacts)
+        return outcome
+
+    def _prepare(self, entries: Sequence[BatchEntry], batch: _Batch) -> _Prepared:
+        """Everything before the contact writes, for the entries of some accounts (all of each account's
+        entries in the batch): histories, placement, changes, fan-out, opening months, and the reads that
+        say which contacts are already active."""
+        outcome, budget = batch.outcome, batch.budget
+        histories = self._read_histories(entries, batch.close_states, budget, outcome)
         entries = held_back(entries, outcome)
-        plan = judge_batch(entries, histories, close_states, self.settings.grace)
-        self._save_changes(plan.changes, budget, outcome)
+        plan = judge_batch(entries, histories, batch.close_states, self.settings.grace)
+        self._save_changes(plan.changes, histories, budget, outcome)
         judged = hand_off_large_renames(held_back(plan.judged, outcome), self.settings, outcome)
         work = period_work(held_back(judged, outcome))
-        work = self._open_periods(work, close_states, budget, outcome)
+        work = self._open_periods(work, batch.close_states, budget, outcome)
         active = self._read_active(work, outcome)
-        pending, carried = contacts_to_write(work, active, retries, self.known)
-        large = len(pending) >= LARGE_BATCH_WRITES
-        waves = plan_waves(work, pending, carried, WAVE_REQUESTS if large else None)
+        pending, carried = contacts_to_write(work, active, batch.retries, self.known)
+        return _Prepared(work, active, pending, carried)
+
+    def _write(self, prepared: _Prepared, batch: _Batch, acknowledgement: Acknowledgement | None) -> None:
+        """The contact writes, alerts and late events, in waves when the batch is large (each wave's settled
+        records deleted before the next)."""
+        work, pending, carried = prepared.work, prepared.pending, prepared.carried
+        attempts = {record.message_id: record.attempt for record in batch.records}
+        waves = plan_waves(work, pending, carried, WAVE_REQUESTS if acknowledgement else None, attempts)
         busy_periods = {part.ref for wave in waves for part in wave}
         self.known.add_all(
             (ref, c) for ref, w in work.items() if ref not in busy_periods for c in w.activations
         )
-        acknowledgement = Acknowledgement(records, self.settings, outcome) if large else None
-        if acknowledgement:
-            busy = messages_with_work(work, pending, carried)
-            acknowledgement.settle(r.message_id for r in records if r.message_id not in busy)
         failed: set[PeriodRef] = set()
         for number, wave in enumerate(waves, start=1):
-            self._write_wave(wave, work, active, failed, outcome, budget)
+            self._write_wave(wave, work, prepared.active, failed, batch.outcome, batch.budget)
             if acknowledgement and number < len(waves):
                 acknowledgement.settle(m for part in wave for m in part.settles)
-        touches = sum(len(e.contact_ids or ()) for e in entries if isinstance(e, ActivityEvent))
-        outcome.duplicate_touches = max(0, touches - outcome.activations - outcome.fanned_out_contacts)
-        return outcome
 
     # ---- stages ----
 
@@ -151,28 +206,43 @@ class Recorder:
         return histories
 
     def _save_changes(
-        self, changes: Sequence[ChangeEvent], budget: RetryBudget, outcome: RecordingOutcome
+        self,
+        changes: Sequence[ChangeEvent],
+        histories: Mapping[str, History],
+        budget: RetryBudget,
+        outcome: RecordingOutcome,
     ) -> None:
-        """Store the batch's subscription changes; an account whose change could not be stored has all its
-        records failed (its later events were judged with the change)."""
-        saved = self.store.subscriptions.save([change.subscription for change in changes], budget)
-        for change, result in zip(changes, saved, strict=True):
+        """Store the subscription changes not stored yet (a redelivered one is in its history already); an
+        account whose change could not be stored has all its records failed (its later events were judged
+        with the change)."""
+        new = [
+            change
+            for change in changes
+            if all(
+                stored.event_id != change.subscription.event_id
+                for stored in histories[change.account_id].changes
+            )
+        ]
+        saved = self.store.subscriptions.save([change.subscription for change in new], budget)
+        for change, result in zip(new, saved, strict=True):
             if isinstance(result, StoreUnavailable):
                 outcome.fail_account(change.account_id, str(result))
+        held_back(changes, outcome)
 
     def _open_periods(
         self,
         work: Mapping[PeriodRef, PeriodWork],
-        states: Mapping[str, CloseState],
+        states: dict[str, CloseState],
         budget: RetryBudget,
         outcome: RecordingOutcome,
     ) -> dict[PeriodRef, PeriodWork]:
-        """Before a period's first contact is written, the close job must know the period has activity. A
-        month that could not be opened has the records of its periods failed; the others go on."""
+        """Before a period's first contact is written, the close job must know the period has activity (a
+        month opened is added to `states`, so later groups of the batch do not open it again). A month that
+        could not be opened has the records of its periods failed; the others go on."""
         unopened: set[str] = set()
         for period in sorted({ref.period for ref, w in work.items() if w.activations} - set(states)):
             try:
-                budget.call(partial(self.store.close_states.open, period))
+                states[period] = budget.call(partial(self.store.close_states.open, period))
             except StoreUnavailable as exc:
                 unopened.add(period)
                 for ref, w in work.items():

@@ -1,5 +1,6 @@
-"""Waves: the writing a batch has left after its reads, cut so that a large batch finishes part of it, and
-deletes the records that part settles, before it starts the next.
+"""Groups and waves: a large batch cut into parts that finish one after another, so that it can delete the
+records each part settles before it starts the next. Groups are sets of whole accounts; waves are the contact
+writes a group has left after its reads.
 
 A period's contacts are written and alerted in delivery order. A large period may be cut into consecutive
 slices, each written and then alerted before the next is written: exactly as if its events had come in
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from metering.alert_stage import NewContacts
 from metering.model import Activation, PeriodRef
-from metering.placement import EventSubscription, PeriodWork
+from metering.placement import BatchEntry, EventSubscription, PeriodWork
 
 ALERT_REQUESTS = 4
 """Requests a period's alert stage makes at most after its writes (count, tally, history, claims)."""
@@ -50,22 +51,56 @@ class _Item:
     written: bool
 
 
+def account_groups(entries: Sequence[BatchEntry], records_per_group: int | None) -> list[list[BatchEntry]]:
+    """The entries in groups of whole accounts (in the order accounts first appear, each account's entries in
+    delivery order) of at least `records_per_group` records; all in one group without it. Accounts are
+    independent of each other, so recording them group by group is recording the batch."""
+    by_account: dict[str, list[BatchEntry]] = {}
+    for entry in entries:
+        by_account.setdefault(entry.account_id, []).append(entry)
+    if records_per_group is None:
+        return [list(entries)] if entries else []
+    groups: list[list[BatchEntry]] = [[]]
+    for account_entries in by_account.values():
+        if len(groups[-1]) >= records_per_group:
+            groups.append([])
+        groups[-1].extend(account_entries)
+    return groups if entries else []
+
+
 def plan_waves(
     work: Mapping[PeriodRef, PeriodWork],
     pending: Sequence[Activation],
     carried: Mapping[PeriodRef, NewContacts],
     requests_per_wave: int | None,
+    attempts: Mapping[str, int],
 ) -> list[list[Slice]]:
     """The periods with something left to do (contacts to write, contacts whose alerts are due again, late or
-    sealed events) as slices, in waves of about `requests_per_wave` requests with at most one slice of a
-    period per wave; without `requests_per_wave`, one wave holding each period whole."""
+    sealed events) in waves of about `requests_per_wave` requests, at most one slice of a period per wave;
+    without `requests_per_wave`, one wave holding each period whole. A period is cut into slices only once
+    its records come back (`attempts`, by message id): a first delivery alerts each period once, as cheaply
+    as a batch can, and a redelivery after a crash or time-out loses less to the next one. Periods whose
+    records were delivered most often go first."""
     to_write: dict[PeriodRef, list[Activation]] = {}
     for activation in pending:
         to_write.setdefault(activation.ref, []).append(activation)
-    queues = [
-        deque(_slices(w, to_write.get(ref, []), carried.get(ref), requests_per_wave))
+    busy = [
+        w
         for ref, w in work.items()
         if ref in to_write or (ref in carried and carried[ref].contacts) or w.late or w.sealed
+    ]
+    attempt = {w.ref: max(attempts.get(message, 1) for message in w.message_ids) for w in busy}
+    busy.sort(key=lambda w: -attempt[w.ref])
+    queues = [
+        deque(
+            _slices(
+                w,
+                to_write.get(w.ref, []),
+                carried.get(w.ref),
+                requests_per_wave if attempt[w.ref] > 1 else None,
+            )
+        )
+        for w in busy
     ]
     waves: list[list[Slice]] = []
     while any(queues):

@@ -27,6 +27,15 @@ STALLED_RESUBMISSIONS = 6
 """Resubmissions of a batch request in a row without progress before it gives up."""
 
 
+class LeftUnprocessed(StoreUnavailable):
+    """A batch request gave up: these entries were never processed (throttled keys, or a call that kept
+    failing)."""
+
+    def __init__(self, message: str, entries: list[Item]) -> None:
+        super().__init__(message)
+        self.entries = entries
+
+
 @dataclass(frozen=True, slots=True)
 class Written:
     """A conditional write that was applied; `item` is the item after it (when asked for)."""
@@ -111,16 +120,16 @@ class Table:
                 yield from items
 
     def batch_get_settled(self, keys: Sequence[Key]) -> tuple[list[Item], list[Key]]:
-        """`batch_get` chunk by chunk (eventually consistent): the items found, and the keys of chunks that
-        kept failing, so a caller fails only what needed those keys."""
+        """`batch_get` chunk by chunk (eventually consistent): the items found, and the keys that could not
+        be read (left unprocessed, or in a call that kept failing): a caller fails only what needed them."""
         found: list[Item] = []
         unread: list[Key] = []
         for offset in range(0, len(keys), BATCH_GET_LIMIT):
-            chunk = keys[offset : offset + BATCH_GET_LIMIT]
             try:
-                found += self.batch_get(chunk)
-            except StoreUnavailable:
-                unread += chunk
+                for item in self.batch_get(keys[offset : offset + BATCH_GET_LIMIT]):
+                    found.append(item)
+            except LeftUnprocessed as exc:
+                unread += exc.entries
         return found, unread
 
     def batch_put(self, items: Iterable[Item]) -> None:
@@ -204,6 +213,7 @@ def _until_processed[Answer](
                 return
         stalled = 0 if len(left) < len(pending) else stalled + 1
         if stalled > STALLED_RESUBMISSIONS:
-            raise failure or StoreUnavailable(f"{operation} left entries unprocessed")
+            reason = str(failure) if failure else f"{operation} left entries unprocessed"
+            raise LeftUnprocessed(reason, left) from failure
         CLOCK.sleep(backoff_delay(stalled))
         pending = left
