@@ -75,7 +75,8 @@ package-check: setup
 	venv/bin/metering $(SAMPLE_MONTH) > installed.json; \
 	"$(CURDIR)/$(BIN)/metering" $(SAMPLE_MONTH) > checkout.json; \
 	diff checkout.json installed.json; \
-	echo "packaged install: the same report as the checkout"
+	"$(CURDIR)/$(BIN)/python" -c 'import json, sys; json.load(open(sys.argv[1]))' installed.json; \
+	echo "packaged install: the same report as the checkout, and nothing but the report on stdout"
 
 # Measures and prints, never asserts (docs/design.md, Cost). bench-large adds 10,000 accounts, the 100,000-contact
 # rename, the burst on one account and a close of 100,000 billed accounts (about an hour on 2 cores).

@@ -12,6 +12,9 @@ from typing import Any
 
 import boto3
 import pytest
+from metering.model import StoreUnavailable
+from metering.rules import Subscription
+from metering.store.subscriptions import Subscriptions
 from metering_tools import cli
 from metering_tools.provisioning import LocalStack
 from metering_tools.simulate import SimulationOptions, simulate
@@ -290,3 +293,32 @@ def test_a_line_that_is_not_utf8_is_rejected_with_its_line_number_like_any_unrea
     assert list(rejected) == ["sqs:line-2", "sqs:line-4"]
     assert all(reason.startswith("body is not a JSON object") for reason in rejected.values())
     assert [(row["accountId"], row["activeContacts"]) for row in report["usage"]] == [("acc-bytes", 2)]
+
+
+def test_a_replay_that_loses_messages_names_them_and_exits_with_status_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a store whose every read of acc-legacy's subscription history fails (no redelivery fixes it)
+    real_history = Subscriptions.history
+
+    def failing(self: Subscriptions, account_id: str) -> list[Subscription]:
+        if account_id == "acc-legacy":
+            raise StoreUnavailable("DynamoDB ThrottlingException")
+        return real_history(self, account_id)
+
+    monkeypatch.setattr(Subscriptions, "history", failing)
+    # When the month is replayed without injected faults
+    status = cli.main(["simulate", str(EVENTS_DIR / "month.jsonl"), "--now", "2026-11-15T00:00:00Z"])
+    printed = capsys.readouterr()
+    report = json.loads(printed.out)
+    # Then acc-legacy's records went through the activity queue's five receives and were lost: the report
+    # names each, the command says so and exits with status 3; the others were recorded
+    lost = report["stats"]["deadLettered"]
+    assert status == cli.LOST_MESSAGES == 3
+    assert len(lost) == 3
+    assert {letter["queue"] for letter in lost} == {"ActivityQueue"}
+    assert not any(letter["redriven"] for letter in lost)
+    assert report["stats"]["receives"]["max"] == 5
+    assert "acc-legacy" not in {row["accountId"] for row in report["usage"]}
+    assert {row["accountId"] for row in report["usage"]} == {"acc-berlin", "acc-nosub"}
+    assert "3 messages dead-lettered and lost" in printed.err

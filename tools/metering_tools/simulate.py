@@ -57,6 +57,8 @@ from metering_tools.testkit import (
 
 MAX_RECEIVES_WITH_FAULTS = 500
 """With injected faults, what reached the DLQ is redriven (as the runbook says) until this many receives."""
+WARNING_NAMES = 10
+"""Dead-lettered messages a warning names (the report's `stats.deadLettered` names all)."""
 REGION = "eu-central-1"
 ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"
 
@@ -157,11 +159,17 @@ class Simulation:
     def invoke(self, function_name: str, event: dict[str, Any]) -> Any:
         """Invoke a function as Lambda does: on embedded moto as its own role."""
         self.invocations[function_name] += 1
-        handler = self.modules[function_name].handler
+        module = self.modules[function_name]
+        handler = module.handler
 
         def instrumented(event: dict[str, Any], context: Any) -> Any:
             self.instrument()
-            return handler(event, context)
+            try:
+                return handler(event, context)
+            finally:
+                # metrics are off here, and Powertools keeps what it does not flush: it would print it all
+                # once a metric holds 100 values
+                module.metrics.clear_metrics()
 
         context = self.functions[function_name].context()
         if self.guard is None:
@@ -570,16 +578,14 @@ def _warn(run: Simulation, guard: RoleGuard | None, census: CensusTally | None) 
     """What the replay's operator should know: dead letters, injected faults, calls no role grants."""
     if run.dead_letters:
         letters = sorted(run.dead_letters.values())
-        lost = [letter.message_id for letter in letters if not letter.redriven]
-        redriven = [letter.message_id for letter in letters if letter.redriven]
-        if lost:
-            print(f"warning: {len(lost)} messages dead-lettered and lost: {', '.join(lost)}", file=sys.stderr)
-        if redriven:
-            listed = ", ".join(redriven)
-            print(
-                f"warning: {len(redriven)} messages reached their DLQ and were redriven: {listed}",
-                file=sys.stderr,
-            )
+        for redriven, fate in (
+            (False, "dead-lettered and lost"),
+            (True, "reached their DLQ and were redriven"),
+        ):
+            named = [letter.message_id for letter in letters if letter.redriven is redriven]
+            if named:
+                shown = ", ".join(named[:WARNING_NAMES]) + (", ..." if len(named) > WARNING_NAMES else "")
+                print(f"warning: {len(named)} messages {fate} (stats.deadLettered): {shown}", file=sys.stderr)
     if run.faults is not None:
         injected = ", ".join(f"{count} {kind}" for kind, count in sorted(run.faults.injected.items()))
         print(f"faults injected: {sum(run.faults.injected.values())} ({injected})", file=sys.stderr)

@@ -2,14 +2,16 @@
 
 Stages: intake (parse or reject, claim checks resolved: `batch_intake`) -> placement in delivery order (pure,
 `placement`) -> renames too large for a batch handed to the fan-out queue (`fan_out`) -> contact writes (one
-conditional put per new contact; which ones: `contacts_to_write`, pure) -> late events -> usage alerts
-(`alert_stage`).
+conditional put per new contact; which ones: `contacts_to_write`, pure) -> usage alerts (`alert_stage`) ->
+late events.
 A contact item is the record of activity: the count of a period is the number of its contact items, read
 with a Query when an alert may be due and at close. Nothing here keeps a running count that could drift.
 An account's subscription history is read before placement only where it can change the placement (a
 change in the batch, a month edge, a close near); elsewhere it is read after the writes, and only for a
 period whose count has reached the least count at which any billed subscription has an alert due.
-Failures are confined: only the records of an account-period whose writes failed go back to the queue.
+Failures are confined to the records that needed the failed call (docs/design.md#progress-under-faults), and
+a large batch is prepared in groups of accounts and written in waves (`waves`), deleting what each part
+settles before the next (`acknowledgement`).
 """
 
 from __future__ import annotations
