@@ -53,9 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--account", required=True)
     explain.add_argument("--period", required=True, help="YYYY-MM")
 
-    usage = commands.add_parser("usage", help="an account's open period: usage, allowance, projected cost")
+    usage = commands.add_parser(
+        "usage", help="an account's period (default: the open one): usage, projection, the cheapest way out"
+    )
     _stack_options(usage)
     usage.add_argument("--account", required=True)
+    usage.add_argument("--period", help="YYYY-MM (default: the period open now in the account's zone)")
 
     invoices = commands.add_parser("invoices", help="the invoices stored for a period, with their amounts")
     invoices.add_argument("--table", required=True, help="the metering table (stack output TableName)")
@@ -78,6 +81,9 @@ def _stack_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--table", required=True, help="the metering table (stack output TableName)")
     command.add_argument("--default-timezone", default="UTC", help="the stack's DefaultTimezone")
     command.add_argument("--grace-hours", type=float, default=6, help="the stack's GraceHours")
+    command.add_argument(
+        "--plan-prices", default="", help="the stack's PlanPrices, e.g. start=2900,grow=5900 (monthly cents)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,11 +130,18 @@ def _operate(args: argparse.Namespace) -> int:
 
     store = MeteringStore(args.table)
     output: object
-    if args.command == "usage":
-        output = operations.current_usage(store, args.account, datetime.now(UTC), args.default_timezone)
-    elif args.command == "explain":
-        grace = timedelta(hours=args.grace_hours)
-        output = operations.explain(store, PeriodRef(args.account, args.period), args.default_timezone, grace)
+    if args.command in {"usage", "explain"}:
+        from metering.outlook import parse_plan_prices  # noqa: PLC0415
+        from metering.usage_view import ReadSettings  # noqa: PLC0415
+
+        settings = ReadSettings(
+            args.default_timezone, timedelta(hours=args.grace_hours), parse_plan_prices(args.plan_prices)
+        )
+        now = datetime.now(UTC)
+        if args.command == "usage":
+            output = operations.usage(store, args.account, args.period, now, settings)
+        else:
+            output = operations.explain(store, PeriodRef(args.account, args.period), now, settings)
     elif args.action == "list":
         output = operations.list_rejected(store, args.month)
     else:

@@ -4,35 +4,35 @@ list and replay rejected events. Credentials and region come from the usual AWS 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from metering import gateways
 from metering.aws import CLIENT_CONFIG
-from metering.model import CloseState, Invoice, PeriodRef
-from metering.rules import History, addon_cost_cents, invoice_lines
+from metering.model import Invoice, PeriodRef
 from metering.store import MeteringStore
 from metering.store.closing import decode_invoice
 from metering.store.keys import invoice_key
+from metering.usage_view import ReadSettings, read_usage
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 
-def explain(store: MeteringStore, ref: PeriodRef, default_timezone: str, grace: timedelta) -> dict[str, Any]:
-    """Why a period was billed what it was: its count, whether it is closed, its invoice, and every active
-    contact with the first event that made it active (type, id, time), oldest first."""
+def usage(
+    store: MeteringStore, account_id: str, period: str | None, now: datetime, settings: ReadSettings
+) -> dict[str, Any]:
+    """What the account sees of a period (default: the open one), as the Usage API shows it."""
+    return read_usage(store, account_id, period, now, settings).model_dump(mode="json", by_alias=True)
+
+
+def explain(store: MeteringStore, ref: PeriodRef, now: datetime, settings: ReadSettings) -> dict[str, Any]:
+    """Why a period was billed what it was: its usage (count, closed, invoice) and every active contact with
+    the first event that made it active (type, id, time), oldest first."""
     contacts = sorted(store.contacts.records(ref), key=lambda c: (c.first_occurred_at, c.contact_id))
-    invoice = store.table.get(invoice_key(ref))
-    history = History.of(store.subscriptions.history(ref.account_id), default_timezone).for_period(ref.period)
-    state = store.close_states.read_since(ref.period).get(ref.period, CloseState(ref.period))
     return {
-        "accountId": ref.account_id,
-        "period": ref.period,
-        "activeContacts": len(contacts),
-        "closed": state.seals(history.close_instant(ref.period, grace)),
-        "invoice": _invoice_row(decode_invoice(invoice)) if invoice else None,
+        **usage(store, ref.account_id, ref.period, now, settings),
         "contacts": [
             {
                 "contactId": c.contact_id,
@@ -42,32 +42,6 @@ def explain(store: MeteringStore, ref: PeriodRef, default_timezone: str, grace: 
             }
             for c in contacts
         ],
-    }
-
-
-def current_usage(
-    store: MeteringStore, account_id: str, now: datetime, default_timezone: str
-) -> dict[str, Any]:
-    """An account's open period as support and the customer see it: active contacts, allowance, what the
-    overusage would cost if the month ended now, and what the same contacts would cost as add-ons."""
-    history = History.of(store.subscriptions.history(account_id), default_timezone)
-    ref = PeriodRef(account_id, history.place(now))
-    active = store.contacts.count(ref, consistent=True)
-    subscription = history.at(now)
-    usage: dict[str, Any] = {"accountId": account_id, "period": ref.period, "activeContacts": active}
-    if subscription is None or not subscription.billed:
-        return {**usage, "plan": subscription.plan if subscription else None, "billed": False}
-    lines = invoice_lines(subscription, active)
-    return {
-        **usage,
-        "plan": subscription.plan,
-        "billingCycle": subscription.billing_cycle,
-        "billed": True,
-        "allowance": lines.allowance,
-        "overusageContacts": lines.overusage_contacts,
-        "projectedOverusageCents": lines.amount_cents,
-        "sameContactsAsAddonsCents": addon_cost_cents(subscription, lines.overusage_contacts),
-        "currency": lines.currency,
     }
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from metering.model import AlertRecord, Invoice, PeriodRef
 from metering.store.alerts import Alerts
-from metering.store.closing import CloseStates, Invoices
+from metering.store.closing import CloseStates, Invoices, decode_invoice
 from metering.store.contacts import Contacts
+from metering.store.keys import ALERTS_SK, alerts_key, invoice_key, key_of
 from metering.store.rejections import Rejections
 from metering.store.subscriptions import Subscriptions
 from metering.store.table import WRITE_THREADS, Table
@@ -31,3 +33,14 @@ class MeteringStore:
         self.close_states = CloseStates(self.table)
         self.invoices = Invoices(self.table)
         self.rejections = Rejections(self.table)
+
+    def period_outcome(self, ref: PeriodRef) -> tuple[dict[int, AlertRecord], Invoice | None]:
+        """The alerts claimed in a period and its invoice, in one eventually consistent BatchGetItem."""
+        claims: dict[int, AlertRecord] = {}
+        invoice: Invoice | None = None
+        for item in self.table.batch_get([alerts_key(ref), invoice_key(ref)]):
+            if key_of(item)[1] == ALERTS_SK:
+                claims = self.alerts.decode(item)[1]
+            else:
+                invoice = decode_invoice(item)
+        return claims, invoice
