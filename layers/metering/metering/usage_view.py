@@ -20,7 +20,6 @@ from metering.model import AlertRecord, CloseState, Invoice, PeriodRef
 from metering.outlook import Advice, Option, Projection, advise, linear_projection
 from metering.rules import (
     CURRENCY,
-    OVERUSAGE_UNIT_CENTS,
     History,
     Subscription,
     invoice_lines,
@@ -210,7 +209,7 @@ def _projection(subscription: Subscription | None, projection: Projection) -> Pr
     return ProjectionView(
         active_contacts=projection.active_contacts,
         overusage_contacts=over.contacts,
-        amount_cents=over.contacts * OVERUSAGE_UNIT_CENTS,
+        amount_cents=over.amount_cents,
         method=projection.method,
     )
 
