@@ -9,7 +9,7 @@ CHECKOV := .venv-checkov/bin/checkov
 export AWS_DEFAULT_REGION ?= eu-central-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup test test-fast lint build demo package-check bench bench-large clean lock
+.PHONY: setup test test-fast lint build demo api package-check bench bench-large clean lock
 
 setup: $(INSTALLED)
 
@@ -60,6 +60,18 @@ build: setup
 demo: setup
 	$(BIN)/metering simulate events/sample-month.jsonl --now 2026-11-02T00:00:00Z --format table
 
+# The Usage API of the sample month on 127.0.0.1:$(API_PORT) until Ctrl-C, its tokens from a local issuer whose key
+# is kept in .local/ (README, "Calling the API locally"). The curl line works once the server says it listens.
+API_PORT ?= 8787
+API_ACCOUNT := acct-start-berlin
+ISSUER_KEY := .local/issuer-key.pem
+api: setup
+	@token="$$($(BIN)/metering token --issuer-key $(ISSUER_KEY) --account $(API_ACCOUNT))"; \
+	echo "Once it prints 'listening on http://127.0.0.1:$(API_PORT)' (a token for $(API_ACCOUNT), valid 1 h):"; \
+	echo "curl -H 'Authorization: Bearer $$token' 'http://127.0.0.1:$(API_PORT)/v1/accounts/$(API_ACCOUNT)/usage?period=2026-10'"; \
+	exec $(BIN)/metering serve events/sample-month.jsonl --now 2026-11-02T00:00:00Z --port $(API_PORT) \
+		--issuer-key $(ISSUER_KEY)
+
 # A packaged install as someone without the repository has it: `pip install .` into a fresh venv outside the
 # checkout, the sample month replayed from there (reading the template and handlers the package carries); its
 # report must be the checkout's, byte for byte.
@@ -85,6 +97,8 @@ bench: setup
 	$(BIN)/python scripts/bench_import.py
 	$(BIN)/python scripts/bench_regimes.py --jobs 2
 	$(BIN)/python scripts/bench_close.py --accounts 10000
+	$(BIN)/python scripts/bench_api.py
+	$(BIN)/python scripts/bench_projection.py --events 40000
 
 bench-large: setup
 	$(BIN)/python scripts/bench_regimes.py --jobs 2 --large --only "10000 accounts"

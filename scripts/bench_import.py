@@ -12,10 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from metering_tools.provisioning import LocalStack, function_environment
+from metering_tools.provisioning import LocalStack, function_configs, function_environment
 
 REPO = Path(__file__).resolve().parents[1]
-HANDLERS = ("record_activity", "close_periods", "invoice_account")
+HANDLERS = tuple(config.code_folder for config in function_configs().values())
+"""Every function of the template, by its folder under `functions/`."""
 QUEUES = "https://sqs.eu-central-1.amazonaws.com/123456789012"
 BENCH_STACK = LocalStack(
     "metering-bench",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 from urllib.parse import unquote
@@ -20,13 +20,14 @@ from metering.model import AlertRecord, PeriodRef
 from metering.store import MeteringStore
 from metering.store.alerts import Alerts
 from metering.store.keys import ALERTS_SK, CONTACT_PREFIX, INVOICE_SK, REJECTED_PREFIX, period_pk
-from metering_tools.provisioning import LocalStack
+from metering_tools.provisioning import LocalStack, StreamSource
 from metering_tools.reports import read_report
 from metering_tools.roles import Handler
 from metering_tools.testkit import (
     DeliveredMessages,
     LocalFunction,
     RoleGuard,
+    TableStream,
     answered,
     local_functions,
     sqs_event,
@@ -51,6 +52,7 @@ class Metering:
     """Receipt handles of close requests received and not deleted (failed, or lost by a killed run)."""
     delivered: DeliveredMessages = field(default_factory=DeliveredMessages)
     """The messages the functions deleted themselves while they ran (SQS's answer is the harness's)."""
+    stream: TableStream | None = None
 
     def __post_init__(self) -> None:
         self.cold_start()
@@ -132,6 +134,31 @@ class Metering:
             self._delete(self.stack.fanout_queue_url, messages)
             delivered += batch["Records"]
         return {"Records": delivered}
+
+    def next_stream_batch(self, batch_size: int | None = None) -> dict[str, Any] | None:
+        """The next batch of new stream records CountContacts' event source mapping would hand over (its
+        filter, `batch_size` records or the template's), without delivering it."""
+        source = self._stream_source(batch_size)
+        if self.stream is None:
+            self.stream = TableStream(self.stack.table_name, None)
+        self.stream.read(source)
+        return next(self.stream.batches(source, whole_only=False), None)
+
+    def count_new_contacts(self, batch_size: int | None = None) -> list[dict[str, Any]]:
+        """Deliver every new stream record to CountContacts as its event source mapping does, each batch
+        until the function takes it all; returns the events delivered (for delivering them again)."""
+        delivered: list[dict[str, Any]] = []
+        while event := self.next_stream_batch(batch_size):
+            failures = self.invoke("CountContacts", event)["batchItemFailures"]
+            assert self.stream is not None
+            self.stream.taken(event, min((f["itemIdentifier"] for f in failures), key=int, default=None))
+            delivered.append(event)
+        return delivered
+
+    def _stream_source(self, batch_size: int | None) -> StreamSource:
+        source = self.functions["CountContacts"].config.stream
+        assert source is not None
+        return replace(source, batch_size=batch_size) if batch_size else source
 
     def schedule_closes(self, as_of: str, *, remaining_seconds: float | None = None) -> dict[str, Any]:
         """The hourly ClosePeriods run as the scheduler invokes it."""

@@ -25,6 +25,21 @@ from metering_tools import testkit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVENTS_DIR = Path(__file__).resolve().parent / "events"
+INVOICE_KEYS = [
+    "accountId",
+    "period",
+    "plan",
+    "billingCycle",
+    "includedContacts",
+    "addonContacts",
+    "allowance",
+    "activeContacts",
+    "overusageContacts",
+    "unitPriceCents",
+    "amountCents",
+    "currency",
+]
+"""An invoice's fields in SPEC §3's order."""
 
 DELETE = object()
 """An override value that removes the field from the loaded event."""

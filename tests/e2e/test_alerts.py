@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -18,6 +17,7 @@ import boto3
 import pytest
 from metering.model import PeriodRef
 from metering.observability import metrics
+from metering.retrying import CLOCK
 from metering.store import keys
 from metering.store.alerts import TALLY, Alerts
 from metering_tools.provisioning import LocalStack
@@ -380,7 +380,7 @@ def test_an_alert_whose_publication_failed_is_published_once_after_its_claimer_i
         Key=keys.alerts_key(PeriodRef("acc-unpublished", OCTOBER)),
         UpdateExpression="SET #alert.claimedAt = :long_ago",
         ExpressionAttributeNames={"#alert": "alert80"},
-        ExpressionAttributeValues={":long_ago": {"N": str(int(time.time()) - 3600)}},
+        ExpressionAttributeValues={":long_ago": {"N": str(int(CLOCK.wall()) - 3600)}},
     )
     retried = metering.record(redelivery(batch))
     # And later batches of the period arrive

@@ -21,9 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from metering.model import PeriodRef
+from metering.store import MeteringStore
+from metering.store.keys import CONTACT_PREFIX, ref_from_pk
+from metering.usage_view import OUTRIGHT_LIMIT
 from metering_tools.provisioning import function_configs, load_template
 from metering_tools.regimes import hot_rename, many_accounts
-from metering_tools.simulate import SimulationOptions, simulate
+from metering_tools.simulate import Simulation, SimulationOptions, simulate
 
 from scripts import generate_sample_month as sample_month
 
@@ -53,6 +57,37 @@ RUNS = (
     pytest.param(0.1, 7, id="10%-seed-7"),
     pytest.param(0.2, 2026, id="20%-seed-2026"),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class CounterCheck:
+    ref: PeriodRef
+    stored: int
+    """The period's contact items."""
+    counted: int | None
+    """Its counter, if it has one."""
+
+
+def check_counters(run: Simulation) -> list[CounterCheck]:
+    """Each period's counter beside its contact items, read after the replay with the harness's client."""
+    store = MeteringStore(run.stack.table_name, client=run.report_client)
+    periods = {
+        ref_from_pk(item["pk"]["S"])
+        for page in run.report_client.get_paginator("scan").paginate(
+            TableName=run.stack.table_name, ProjectionExpression="pk, sk"
+        )
+        for item in page["Items"]
+        if item["sk"]["S"].startswith(CONTACT_PREFIX)
+    }
+    counters = store.counters.read_many(periods)
+    return [
+        CounterCheck(
+            ref,
+            store.contacts.count(ref, consistent=True),
+            counters[ref].contacts if ref in counters else None,
+        )
+        for ref in sorted(periods)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +128,10 @@ def test_a_month_replayed_with_faults_bills_exactly_what_the_fault_free_replay_b
 ) -> None:
     # Given the fault-free report of a month
     # When the same month is replayed with a share of the functions' DynamoDB and S3 calls failing
+    counters: list[CounterCheck] = []
     faulty = simulate(
-        SimulationOptions(events_path=fault_free.path, now=NOW, fault_rate=rate, fault_seed=seed)
+        SimulationOptions(events_path=fault_free.path, now=NOW, fault_rate=rate, fault_seed=seed),
+        after_replay=lambda run: counters.extend(check_counters(run)),
     )
     # Then faults of every kind were injected
     injected = faulty["stats"]["faults"]
@@ -112,3 +149,8 @@ def test_a_month_replayed_with_faults_bills_exactly_what_the_fault_free_replay_b
         assert faulty["stats"]["deadLettered"] == []
     if rate <= 0.1:
         assert receives["median"] <= 3
+    # And every period's contact counter, kept from the stream through the same faults, is its exact count,
+    # and every period too large to count outright has one
+    assert counters
+    assert [c for c in counters if c.counted is not None and c.counted != c.stored] == []
+    assert [c for c in counters if c.counted is None and c.stored >= OUTRIGHT_LIMIT] == []

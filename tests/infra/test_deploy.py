@@ -41,6 +41,7 @@ LEFT_OUT_BY_TYPE = {
     "RecordActivityFunctionActivity": "AWS::Lambda::EventSourceMapping",
     "RecordActivityFunctionFanOut": "AWS::Lambda::EventSourceMapping",
     "InvoiceAccountFunctionClose": "AWS::Lambda::EventSourceMapping",
+    "CountContactsFunctionNewContacts": "AWS::Lambda::EventSourceMapping",
     "ClosePeriodsFunctionEventInvokeConfig": "AWS::Lambda::EventInvokeConfig",
     "ClosePeriodsFunctionHourly": "AWS::Scheduler::Schedule",
     "ActivityQueuePolicy": "AWS::SQS::QueuePolicy",
@@ -49,6 +50,10 @@ LEFT_OUT_BY_TYPE = {
     "ProducerBusPolicy": "AWS::Events::EventBusPolicy",
     "UsageAlertEmailSubscription": "AWS::SNS::Subscription",
     "OperatorAlarmEmailSubscription": "AWS::SNS::Subscription",
+    "UsageHttpApi": "AWS::ApiGatewayV2::Api",
+    "UsageHttpApiApiGatewayDefaultStage": "AWS::ApiGatewayV2::Stage",
+    "UsageApiCursorSecret": "AWS::SecretsManager::Secret",
+    "UsageApiThrottledRequests": "AWS::Logs::MetricFilter",
 } | {
     name: "AWS::CloudWatch::Alarm"
     for name, resource in load_sam_template()["Resources"].items()
@@ -58,6 +63,11 @@ LEFT_OUT_BY_TYPE = {
 LEFT_OUT_AS_DEPENDENT = {
     "Dashboard": "refers to ActivityDLQAlarm, which is left out",  # its alarm widget lists every alarm
     "DashboardUrl": "refers to Dashboard, which is left out",  # an output
+    "UsageApiRole": "refers to UsageApiCursorSecret, which is left out",  # it may read the cursor key
+    "UsageApiFunction": "refers to UsageApiCursorSecret, which is left out",  # its CURSOR_SECRET_ARN
+    "UsageApiFunctionUnroutedPermission": "refers to UsageHttpApi, which is left out",  # API Gateway invokes
+    "UsageApiUrl": "refers to UsageHttpApi, which is left out",  # an output
+    "UsageApiFunctionArn": "refers to UsageApiFunction, which is left out",  # an output
 }
 
 

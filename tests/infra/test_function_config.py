@@ -5,6 +5,7 @@ event)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import boto3
@@ -76,7 +77,7 @@ def test_timeouts_environment_names_and_retries_are_the_translated_functions(
 
     # Then each function has the timeout and the variable names of its translated Lambda function (Globals
     # merged), and the asynchronous retries of its invoke configuration (Lambda's default of 2 otherwise)
-    assert set(configs) == {"RecordActivity", "ClosePeriods", "InvoiceAccount"}
+    assert set(configs) == {"RecordActivity", "ClosePeriods", "InvoiceAccount", "CountContacts", "UsageApi"}
     for config in configs.values():
         function = resources[config.logical_id]["Properties"]
         assert config.timeout_seconds == function["Timeout"], config.name
@@ -98,7 +99,11 @@ def test_batch_sizes_windows_and_receive_limits_are_the_event_source_mappings_an
     # Then each SQS source is one event source mapping of its function: same queue, batch size and batching
     # window (parameter defaults resolved), and its receive limit is its queue's redrive policy
     for config in configs.values():
-        mappings = of_function(resources, "AWS::Lambda::EventSourceMapping", config.logical_id)
+        mappings = [
+            mapping
+            for mapping in of_function(resources, "AWS::Lambda::EventSourceMapping", config.logical_id)
+            if resources[mapping["EventSourceArn"]["Fn::GetAtt"][0]]["Type"] == "AWS::SQS::Queue"
+        ]
         expected = {
             mapping["EventSourceArn"]["Fn::GetAtt"][0]: (
                 default(mapping["BatchSize"]),
@@ -114,6 +119,16 @@ def test_batch_sizes_windows_and_receive_limits_are_the_event_source_mappings_an
             for queue, source in config.sources.items()
         }
         assert read == expected, config.name
+    [stream] = [
+        mapping
+        for mapping in of_function(resources, "AWS::Lambda::EventSourceMapping", "CountContactsFunction")
+        if mapping["EventSourceArn"] == {"Fn::GetAtt": ["MeteringTable", "StreamArn"]}
+    ]
+    source = configs["CountContacts"].stream
+    assert source is not None
+    assert source.batch_size == default(stream["BatchSize"])
+    patterns = [json.loads(entry["Pattern"]) for entry in stream["FilterCriteria"]["Filters"]]
+    assert patterns == list(source.patterns)
     activity = configs["RecordActivity"].sources["ActivityQueue"]
     assert (activity.batch_size, activity.batching_window_seconds) == (
         int(TEMPLATE["Parameters"]["ActivityBatchSize"]["Default"]),
@@ -146,4 +161,6 @@ def test_the_environment_resolves_for_a_local_stack_and_names_its_resources() ->
         "CLOSE_QUEUE_URL": STACK.close_queue_url,
         "EVENT_BUS_NAME": "crm-bus",
         "CLAIM_CHECK_BUCKET": "crm-claim-checks",
+        "CURSOR_SECRET_ARN": f"arn:aws:secretsmanager:{REGION}:123456789012:secret:"
+        "metering-test-config-usage-api-cursor-key",
     }

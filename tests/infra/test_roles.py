@@ -84,6 +84,8 @@ def test_each_function_runs_with_the_role_its_template_entry_names() -> None:
         "RecordActivity": "RecordActivityRole",
         "ClosePeriods": "ClosePeriodsRole",
         "InvoiceAccount": "InvoiceAccountRole",
+        "CountContacts": "CountContactsRole",
+        "UsageApi": "UsageApiRole",
     }
 
 
@@ -401,6 +403,30 @@ def test_clients_built_outside_an_activation_are_not_used_inside_one(
             {"TopicArn": f"arn:aws:sns:{REGION}:{ACCOUNT}:alerts", "Message": "m"},
             [Call("sns:Publish", f"arn:aws:sns:{REGION}:{ACCOUNT}:alerts")],
             id="Publish",
+        ),
+        pytest.param(
+            "secretsmanager",
+            "GetSecretValue",
+            {"SecretId": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:cursor-key-AbCdEf"},
+            [
+                Call(
+                    "secretsmanager:GetSecretValue",
+                    f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:cursor-key-AbCdEf",
+                )
+            ],
+            id="GetSecretValue by ARN",
+        ),
+        pytest.param(
+            "secretsmanager",
+            "GetSecretValue",
+            {"SecretId": "cursor-key"},
+            [
+                Call(
+                    "secretsmanager:GetSecretValue",
+                    f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:cursor-key-??????",
+                )
+            ],
+            id="GetSecretValue by name",
         ),
     ],
 )

@@ -144,9 +144,44 @@ WORK_QUEUES = sorted(name for name in QUEUES if not name.endswith("DLQ"))
 
 
 def test_the_template_has_what_the_checks_below_are_about() -> None:
-    assert sorted(functions()) == ["ClosePeriodsFunction", "InvoiceAccountFunction", "RecordActivityFunction"]
+    assert sorted(functions()) == [
+        "ClosePeriodsFunction",
+        "CountContactsFunction",
+        "InvoiceAccountFunction",
+        "RecordActivityFunction",
+        "UsageApiFunction",
+    ]
     assert WORK_QUEUES == ["ActivityQueue", "CloseQueue", "FanOutQueue"]
-    assert DLQS == ["ActivityDLQ", "CloseDLQ", "FanOutDLQ", "RuleTargetDLQ", "ScheduleDLQ"]
+    assert DLQS == ["ActivityDLQ", "CloseDLQ", "CounterDLQ", "FanOutDLQ", "RuleTargetDLQ", "ScheduleDLQ"]
+
+
+# ---- the stream ----
+
+
+def test_the_counters_read_every_new_contact_of_the_stream_and_never_skip_one() -> None:
+    # Given the table's stream and CountContacts' mapping on it
+    stream = properties("MeteringTable")["StreamSpecification"]
+    [mapping] = [
+        event["Properties"]
+        for event in properties("CountContactsFunction")["Events"].values()
+        if event["Type"] == "DynamoDB"
+    ]
+    # Then the stream carries keys (all a counter needs), and the mapping reads it from its oldest record
+    assert stream == {"StreamViewType": "KEYS_ONLY"}
+    assert mapping["Stream"] == {"GetAtt": "MeteringTable.StreamArn"}
+    assert mapping["StartingPosition"] == "TRIM_HORIZON"
+    # And a failed batch is retried until it succeeds, one batch per shard at a time, in order
+    assert mapping["MaximumRetryAttempts"] == -1
+    assert mapping["ParallelizationFactor"] == 1
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    # And the tumbling window that gives each batch its shard id is on, and a counter trails by under 60 s
+    assert mapping["TumblingWindowInSeconds"] > 0
+    assert mapping["MaximumBatchingWindowInSeconds"] <= 30
+    # And its filter passes exactly the insertion of contact items
+    [pattern] = [json.loads(entry["Pattern"]) for entry in mapping["FilterCriteria"]["Filters"]]
+    assert pattern == {"eventName": ["INSERT"], "dynamodb": {"Keys": {"sk": {"S": [{"prefix": "contact#"}]}}}}
+    # And what expires from the stream before it is counted is recorded on an alarmed queue
+    assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == {"GetAtt": "CounterDLQ.Arn"}
 
 
 # ---- queues ----

@@ -151,7 +151,7 @@ def test_the_monitoring_application_is_what_the_root_template_inlines() -> None:
     # Then no application is left, and the monitoring template's alarms, topic and dashboard are in it
     assert not [name for name, r in resources.items() if r["Type"] == "AWS::Serverless::Application"]
     alarms = {name for name, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
-    assert len(alarms) == 19
+    assert len(alarms) == 28
     assert {"OperatorTopic", "OperatorTopicKey", "Dashboard"} <= resources.keys()
     # And the dashboard's alarm widget lists every alarm, so a new alarm row shows on the dashboard too
     body = resources["Dashboard"]["Properties"]["DashboardBody"]["Sub"][0]

@@ -6,7 +6,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from metering.outlook import LINEAR, SO_FAR, Option, advise, linear_projection, parse_plan_prices
+from metering.outlook import (
+    LINEAR,
+    PREVIOUS_SHAPE,
+    SO_FAR,
+    Option,
+    PeriodShape,
+    advise,
+    linear_projection,
+    parse_plan_prices,
+    shaped_projection,
+)
 
 from tests.helpers import subscription
 
@@ -74,3 +84,50 @@ def test_scale_has_no_add_ons_to_buy() -> None:
 def test_plan_prices_must_name_billed_plans_and_whole_cents(text: str) -> None:
     with pytest.raises(ValueError, match="plan price"):
         parse_plan_prices(text)
+
+
+SEPTEMBER_START = datetime(2026, 9, 1, tzinfo=UTC)
+
+
+def test_a_period_shape_counts_the_contacts_active_by_the_end_of_each_tenth() -> None:
+    # Given September's contacts: 30 active on the 2nd, 10 on the 16th, 5 on the 30th
+    activations = (
+        [datetime(2026, 9, 2, tzinfo=UTC)] * 30
+        + [datetime(2026, 9, 16, tzinfo=UTC)] * 10
+        + [datetime(2026, 9, 30, tzinfo=UTC)] * 5
+    )
+    # When its shape is taken
+    shape = PeriodShape.of(activations, SEPTEMBER_START, START)
+    # Then each tenth holds the running count, and the last the final one
+    assert shape.points == (30, 30, 30, 30, 30, 40, 40, 40, 40, 45)
+    assert shape.final == 45
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        pytest.param(datetime(2026, 10, 6, tzinfo=UTC), (54, PREVIOUS_SHAPE), id="day-5-at-60-of-80"),
+        pytest.param(datetime(2026, 10, 11, tzinfo=UTC), (43, PREVIOUS_SHAPE), id="day-10-at-75-of-80"),
+        pytest.param(datetime(2026, 10, 24, tzinfo=UTC), (40, PREVIOUS_SHAPE), id="day-23-at-80-of-80"),
+        pytest.param(datetime(2026, 10, 1, 0, 30, tzinfo=UTC), (40, SO_FAR), id="first-hour"),
+    ],
+)
+def test_an_open_period_follows_the_shape_of_the_previous_one(
+    now: datetime, expected: tuple[int, str]
+) -> None:
+    # Given a previous period that had three quarters of its contacts a third of the way in
+    previous = PeriodShape((60, 60, 75, 75, 80, 80, 80, 80, 80, 80))
+    # When 40 contacts so far are projected
+    projection = shaped_projection(40, START, END, now, previous)
+    # Then they are scaled by the share the previous period had reached at the same point (never below 40)
+    assert (projection.active_contacts, projection.method) == expected
+
+
+@pytest.mark.parametrize(
+    "previous",
+    [None, PeriodShape((5, 5, 6, 6, 6, 7, 7, 7, 8, 8)), PeriodShape((0, 0, 0, 0, 0, 0, 0, 0, 0, 50))],
+    ids=["no-previous-period", "too-few-contacts", "nothing-before-the-last-tenth"],
+)
+def test_without_a_usable_previous_shape_the_line_is_used(previous: PeriodShape | None) -> None:
+    projection = shaped_projection(40, START, END, datetime(2026, 10, 11, tzinfo=UTC), previous)
+    assert (projection.active_contacts, projection.method) == (124, LINEAR)

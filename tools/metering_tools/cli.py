@@ -1,4 +1,5 @@
-"""`metering`: the operator's command line (replay a month, explain a charge, show usage and invoices)."""
+"""`metering`: the operator's command line (replay a month, explain a charge, show usage and invoices, serve
+the Usage API of a replayed month locally)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,40 @@ def _parser() -> argparse.ArgumentParser:
     invoices.add_argument("--endpoint-url", help="a DynamoDB endpoint (DynamoDB Local, moto)")
     invoices.add_argument("--format", choices=("json", "table"), default="json")
 
+    serve = commands.add_parser(
+        "serve", help="replay a month as simulate does, then serve the Usage API on 127.0.0.1 (local tokens)"
+    )
+    serve.add_argument(
+        "events", type=Path, help="JSON lines, one EventBridge envelope each, in delivery order"
+    )
+    serve.add_argument("--now", type=_instant, required=True, help="the instant of the final close run")
+    serve.add_argument("--grace-hours", type=float, help="hours after a period's end before it closes")
+    serve.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free one)")
+    serve.add_argument(
+        "--issuer-key",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the local issuer's signing key (created if missing)",
+    )
+
+    token = commands.add_parser("token", help="a bearer token for the local Usage API (metering serve)")
+    token.add_argument(
+        "--issuer-key",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the local issuer's signing key (created if missing)",
+    )
+    holder = token.add_mutually_exclusive_group(required=True)
+    holder.add_argument("--account", help="a customer token for this account")
+    holder.add_argument("--all-accounts", action="store_true", help="a staff token for every account")
+    token.add_argument(
+        "--expires-in", type=int, metavar="SECONDS", help="lifetime, negative for an expired token (3600)"
+    )
+    token.add_argument("--scope", help="replaces the scope the token would carry (space-separated)")
+    token.add_argument("--audience", help="replaces the local API's audience")
+
     rejected = commands.add_parser("rejected", help="list or replay rejected events")
     rejected.add_argument("action", choices=("list", "replay"))
     rejected.add_argument("--table", required=True, help="the metering table (stack output TableName)")
@@ -92,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         return _invoices(args)
     if args.command in {"explain", "rejected", "usage"}:
         return _operate(args)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "token":
+        return _token(args)
     if args.command == "simulate":
         from metering_tools.simulate import SimulationOptions, simulate  # noqa: PLC0415 - keeps --help fast
 
@@ -152,6 +191,30 @@ def _operate(args: argparse.Namespace) -> int:
         output = {"replayed": args.event_id}
     json.dump(output, sys.stdout, indent=2)
     sys.stdout.write("\n")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Until SIGINT or SIGTERM; stopped during the replay, it never served."""
+    from metering_tools.serving import ServeOptions, StopRequested, serve  # noqa: PLC0415 - keeps --help fast
+
+    try:
+        serve(ServeOptions(args.events, args.now, args.issuer_key, args.grace_hours, args.port))
+    except StopRequested as signal_name:
+        print(f"metering serve: {signal_name} before the replay finished; nothing served", file=sys.stderr)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from metering_tools import tokens  # noqa: PLC0415 - keeps --help fast
+
+    request = tokens.TokenRequest(
+        account_id=None if args.all_accounts else args.account,
+        expires_in=tokens.DEFAULT_LIFETIME_SECONDS if args.expires_in is None else args.expires_in,
+        scope=args.scope,
+        audience=tokens.AUDIENCE if args.audience is None else args.audience,
+    )
+    print(tokens.mint(tokens.issuer_key(args.issuer_key), request))
     return 0
 
 

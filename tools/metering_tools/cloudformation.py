@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 # too (see `adapt_for_moto`).
 DROPPED_FOR_MOTO: dict[str, str] = {
     "AWS::Lambda::EventSourceMapping": (
-        "moto would invoke the function for every message on the queue, and it runs functions only in Docker,"
-        " which is not available; the handlers are tested without it (tests/e2e)"
+        "moto would invoke the function for every message or stream record, and it runs functions only in"
+        " Docker, which is not available; the handlers are tested without it (tests/e2e)"
     ),
     "AWS::Lambda::EventInvokeConfig": "moto's CloudFormation cannot create it",
     "AWS::Scheduler::Schedule": "moto's CloudFormation cannot create it (and would never fire it)",
@@ -43,6 +43,16 @@ DROPPED_FOR_MOTO: dict[str, str] = {
     "AWS::Events::EventBusPolicy": "moto's CloudFormation cannot create it; moto does not enforce it either",
     "AWS::CloudWatch::Alarm": "moto's CloudFormation cannot create it",
     "AWS::SNS::Subscription": "moto's CloudFormation cannot create it",
+    "AWS::ApiGatewayV2::Api": (
+        "moto's CloudFormation cannot create it; the Usage API is tested through its handler with the payload"
+        " 2.0 events its JWT authorizer passes on (tests/api)"
+    ),
+    "AWS::ApiGatewayV2::Stage": "moto's CloudFormation cannot create it (nor the HTTP API it belongs to)",
+    "AWS::SecretsManager::Secret": (
+        "moto's CloudFormation cannot create it; the local stack generates the cursor key as the template"
+        " says (metering_tools.provisioning)"
+    ),
+    "AWS::Logs::MetricFilter": "moto's CloudFormation cannot create it",
 }
 # Resource types whose Ref moto resolves differently from CloudFormation, and the attribute that holds what
 # CloudFormation's Ref returns: their Refs are rewritten to that attribute.

@@ -14,7 +14,7 @@ from metering.model import Invoice, PeriodRef
 from metering.store import MeteringStore
 from metering.store.closing import decode_invoice
 from metering.store.keys import invoice_key
-from metering.usage_view import ReadSettings, read_usage
+from metering.usage_view import InvoiceView, ReadSettings, read_usage
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -76,7 +76,8 @@ def invoices(store: MeteringStore, period: str, account_id: str | None = None) -
 
 
 def _invoice_row(invoice: Invoice) -> dict[str, Any]:
-    row = {key: value for key, value in invoice.as_detail().items() if key != "invoiceId"}
+    """An invoice as the Usage API lists it (`InvoiceView`), with its amount in euros beside the cents."""
+    row = InvoiceView.of(invoice).model_dump(mode="json", by_alias=True)
     return {**row, "amountEur": euros(invoice.lines.amount_cents)}
 
 

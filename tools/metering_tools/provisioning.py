@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from botocore.exceptions import ClientError
 
 from metering_tools import templates
 from metering_tools.roles import (
+    CURSOR_SECRET,
     PROVISIONED_PARAMETERS,
     PROVISIONED_RESOURCES,
     TemplateResolver,
@@ -76,6 +78,8 @@ def table_definition(template: dict[str, Any], table_name: str) -> dict[str, Any
     }
     if "GlobalSecondaryIndexes" in properties:
         definition["GlobalSecondaryIndexes"] = properties["GlobalSecondaryIndexes"]
+    if "StreamSpecification" in properties:
+        definition["StreamSpecification"] = {"StreamEnabled": True, **properties["StreamSpecification"]}
     return definition
 
 
@@ -89,6 +93,8 @@ class LocalStack:
     event_bus_name: str
     claim_check_bucket: str
     activity_queue_url: str
+    cursor_secret_arn: str = ""
+    """The Usage API's cursor key (empty: named as the template names it, never created)."""
 
     def environment(self, template: Mapping[str, Any] | None = None) -> dict[str, str]:
         """The functions' variables that name this stack's resources (the table, the queues, the bus, the
@@ -106,11 +112,11 @@ class LocalStack:
 
 
 def provision(name: str, claim_check_bucket: str, template: dict[str, Any] | None = None) -> LocalStack:
-    """Create the table (with TTL), the activity, fan-out and close queues, the bus and the claim-check bucket
-    (the activity queue's messages are handed to RecordActivity by the harness, as the event source mapping
-    does; the function deletes the ones it settles early). If a
-    step fails, what the earlier steps created is removed before the error is raised: a shared endpoint keeps
-    nothing of a stack that never existed."""
+    """Create the table (with TTL), the activity, fan-out and close queues, the bus, the claim-check bucket
+    and the Usage API's cursor key, generated as the template generates it (the activity queue's messages are
+    handed to RecordActivity by the harness, as the event source mapping does; the function deletes the ones
+    it settles early). If a step fails, what the earlier steps created is removed before the error is raised:
+    a shared endpoint keeps nothing of a stack that never existed."""
     template = template or load_template()
     undo: list[Callable[[], object]] = []
     try:
@@ -138,11 +144,26 @@ def provision(name: str, claim_check_bucket: str, template: dict[str, Any] | Non
             Bucket=claim_check_bucket,
             CreateBucketConfiguration={"LocationConstraint": boto3.session.Session().region_name},  # type: ignore[typeddict-item]
         )
+        undo.append(partial(_empty_and_delete_bucket, boto3.client("s3"), claim_check_bucket))
+        secrets = boto3.client("secretsmanager")
+        generated = template["Resources"][CURSOR_SECRET]["Properties"]["GenerateSecretString"]
+        cursor_secret_arn = secrets.create_secret(
+            Name=f"{name}-usage-api-cursor-key",
+            SecretString=secrets.get_random_password(**generated)["RandomPassword"],
+        )["ARN"]
     except BaseException:
         for step in reversed(undo):
             _ignore_missing(step)
         raise
-    return LocalStack(name, queues["fanout"], queues["close"], name, claim_check_bucket, queues["activity"])
+    return LocalStack(
+        name,
+        queues["fanout"],
+        queues["close"],
+        name,
+        claim_check_bucket,
+        queues["activity"],
+        cursor_secret_arn,
+    )
 
 
 def tear_down(stack: LocalStack) -> None:
@@ -154,6 +175,12 @@ def tear_down(stack: LocalStack) -> None:
         _ignore_missing(partial(sqs.delete_queue, QueueUrl=url))
     _ignore_missing(lambda: boto3.client("events").delete_event_bus(Name=stack.event_bus_name))
     _ignore_missing(lambda: _empty_and_delete_bucket(s3, stack.claim_check_bucket))
+    if stack.cursor_secret_arn:
+        _ignore_missing(
+            lambda: boto3.client("secretsmanager").delete_secret(
+                SecretId=stack.cursor_secret_arn, ForceDeleteWithoutRecovery=True
+            )
+        )
 
 
 def _empty_and_delete_bucket(s3: Any, bucket: str) -> None:
@@ -181,6 +208,7 @@ def _ignore_missing(step: Callable[[], object]) -> None:
 
 LAMBDA_DEFAULT_TIMEOUT_SECONDS = 3
 SQS_EVENT_DEFAULT_BATCH_SIZE = 10
+STREAM_EVENT_DEFAULT_BATCH_SIZE = 100
 LAMBDA_DEFAULT_ASYNC_RETRY_ATTEMPTS = 2
 
 
@@ -209,6 +237,8 @@ class FunctionConfig:
     """Variable name -> the template's value, a literal or an intrinsic (see `function_environment`)."""
     sources: Mapping[str, QueueSource]
     """Its SQS events, by the logical id of their queue."""
+    stream: StreamSource | None
+    """Its DynamoDB stream event, if it has one."""
     async_retry_attempts: int
     """Lambda's retries of a failed asynchronous invocation (the scheduler's), after the first attempt."""
 
@@ -240,6 +270,14 @@ def function_configs(template: Mapping[str, Any] | None = None) -> dict[str, Fun
                 **properties.get("Environment", {}).get("Variables", {}),
             },
             sources={source.queue: source for source in sources},
+            stream=next(
+                (
+                    _stream_source(template, event["Properties"])
+                    for event in properties.get("Events", {}).values()
+                    if event["Type"] == "DynamoDB"
+                ),
+                None,
+            ),
             async_retry_attempts=_number(
                 template,
                 properties.get("EventInvokeConfig", {}).get(
@@ -248,6 +286,36 @@ def function_configs(template: Mapping[str, Any] | None = None) -> dict[str, Fun
             ),
         )
     return configs
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSource:
+    """The DynamoDB stream event of a function: how Lambda batches the table's stream, and which records its
+    filter passes (patterns of exact values and `prefix` rules, as the template writes them)."""
+
+    batch_size: int
+    patterns: tuple[Mapping[str, Any], ...]
+
+    def passes(self, record: Mapping[str, Any]) -> bool:
+        return not self.patterns or any(_matches(pattern, record) for pattern in self.patterns)
+
+
+def _matches(pattern: Any, value: Any) -> bool:
+    if isinstance(pattern, Mapping):
+        return isinstance(value, Mapping) and all(
+            name in value and _matches(rule, value[name]) for name, rule in pattern.items()
+        )
+    return any(
+        value.startswith(rule["prefix"]) if isinstance(rule, Mapping) else value == rule for rule in pattern
+    )
+
+
+def _stream_source(template: Mapping[str, Any], properties: Mapping[str, Any]) -> StreamSource:
+    filters = properties.get("FilterCriteria", {}).get("Filters", [])
+    return StreamSource(
+        batch_size=_number(template, properties.get("BatchSize", STREAM_EVENT_DEFAULT_BATCH_SIZE)),
+        patterns=tuple(json.loads(entry["Pattern"]) for entry in filters),
+    )
 
 
 def _queue_source(template: Mapping[str, Any], event_name: str, properties: Mapping[str, Any]) -> QueueSource:

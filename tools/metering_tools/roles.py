@@ -107,6 +107,8 @@ class LocalStackLike(Protocol):
     def claim_check_bucket(self) -> str: ...
     @property
     def activity_queue_url(self) -> str: ...
+    @property
+    def cursor_secret_arn(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +140,14 @@ class LocalResources:
 # Which template parameter or resource each `LocalStack` attribute stands for. The bus is passed as an
 # existing bus (EventBusName), as the CRM's production bus is; EventBus gets the same ARN for `!If CreateBus`.
 PROVISIONED_PARAMETERS = {"EventBusName": "event_bus_name", "ClaimCheckBucketName": "claim_check_bucket"}
+CURSOR_SECRET = "UsageApiCursorSecret"
 PROVISIONED_RESOURCES = {
     "MeteringTable": "table_name",
     "ActivityQueue": "activity_queue_url",
     "FanOutQueue": "fanout_queue_url",
     "CloseQueue": "close_queue_url",
     "EventBus": "event_bus_name",
+    CURSOR_SECRET: "cursor_secret_arn",
 }
 # The template names every resource after its table (`metering-${Stage}...`): the parameters under which
 # the template's table name is the local table's name make every other name follow the local stack's.
@@ -159,6 +163,7 @@ NAME_PROPERTIES: Mapping[str, str | None] = {
     "AWS::Lambda::Function": "FunctionName",
     "AWS::IAM::Role": "RoleName",
     "AWS::KMS::Key": None,
+    "AWS::SecretsManager::Secret": "Name",
 }
 
 
@@ -259,7 +264,8 @@ def _reference_values(kind: str, name: str, at: LocalResources) -> tuple[str, di
     p, r, a = at.partition, at.region, at.account_id
     match kind:
         case "AWS::DynamoDB::Table":
-            return name, {"Arn": f"arn:{p}:dynamodb:{r}:{a}:table/{name}"}
+            arn = f"arn:{p}:dynamodb:{r}:{a}:table/{name}"
+            return name, {"Arn": arn, "StreamArn": f"{arn}/stream/local"}
         case "AWS::SQS::Queue":
             arn = f"arn:{p}:sqs:{r}:{a}:{name}"
             return f"https://sqs.{r}.amazonaws.com/{a}/{name}", {"Arn": arn, "QueueName": name}
@@ -275,6 +281,9 @@ def _reference_values(kind: str, name: str, at: LocalResources) -> tuple[str, di
             return key_id, {"Arn": f"arn:{p}:kms:{r}:{a}:key/{key_id}", "KeyId": key_id}
         case "AWS::IAM::Role":
             return name, {"Arn": f"arn:{p}:iam::{a}:role/{name}"}
+        case "AWS::SecretsManager::Secret":  # a created secret's ARN ends in a random suffix: it is given
+            arn = name if name.startswith("arn:") else f"arn:{p}:secretsmanager:{r}:{a}:secret:{name}"
+            return arn, {"Id": arn}
         case _:
             return name, {"Arn": f"arn:{p}:lambda:{r}:{a}:function:{name}"}
 
@@ -595,11 +604,26 @@ class Place:
             name = f"arn:{self.partition}:lambda:{self.region}:{partial}"
         return f"{name}:{qualifier}" if qualifier else name
 
+    def secret(self, secret_id: str) -> str:
+        """A secret's ARN from its ARN, or from its name (which IAM sees with a random suffix: `-??????`)."""
+        if secret_id.startswith("arn:"):
+            return secret_id
+        return (
+            f"arn:{self.partition}:secretsmanager:{self.region}:{self.account_id}:secret:{secret_id}-??????"
+        )
+
     def key(self, key_id: str) -> str:
         if key_id.startswith("arn:"):
             return key_id
         path = key_id if key_id.startswith("alias/") else f"key/{key_id}"
         return f"arn:{self.partition}:kms:{self.region}:{self.account_id}:{path}"
+
+
+KEY_PARAMETERS: Mapping[str, tuple[str, Callable[[Place, str], str]]] = {
+    "kms": ("KeyId", Place.key),
+    "secretsmanager": ("SecretId", Place.secret),
+}
+"""The parameter naming the key or secret a call uses, and how its ARN is made from it."""
 
 
 def calls_of(service: str, operation: str, params: Mapping[str, Any], place: Place) -> list[Call]:
@@ -627,8 +651,9 @@ def calls_of(service: str, operation: str, params: Mapping[str, Any], place: Pla
         case "lambda" if "FunctionName" in params:
             function = place.function(str(params["FunctionName"]), params.get("Qualifier"))
             return [Call(action, function) for action in actions]
-        case "kms" if "KeyId" in params:
-            return [Call(action, place.key(str(params["KeyId"]))) for action in actions]
+        case "kms" | "secretsmanager" if KEY_PARAMETERS[service][0] in params:
+            parameter, arn_of = KEY_PARAMETERS[service]
+            return [Call(action, arn_of(place, str(params[parameter]))) for action in actions]
     return [Call(action, "*") for action in actions]
 
 
@@ -1058,6 +1083,24 @@ def _event_source_queues(context: FunctionContext) -> Iterator[tuple[str, Any]]:
             yield from ((action, event["Properties"]["Queue"]) for action in EVENT_SOURCE_MAPPING_ACTIONS)
 
 
+STREAM_MAPPING_ACTIONS = (
+    "dynamodb:DescribeStream",
+    "dynamodb:GetRecords",
+    "dynamodb:GetShardIterator",
+    "dynamodb:ListStreams",
+)
+
+
+def _event_source_streams(context: FunctionContext) -> Iterator[tuple[str, Any]]:
+    for event in context.properties.get("Events", {}).values():
+        if event.get("Type") != "DynamoDB":
+            continue
+        yield from ((action, event["Properties"]["Stream"]) for action in STREAM_MAPPING_ACTIONS)
+        destination = event["Properties"].get("DestinationConfig", {}).get("OnFailure", {})
+        if destination.get("Type") in DESTINATION_ACTIONS and "Destination" in destination:
+            yield DESTINATION_ACTIONS[destination["Type"]], destination["Destination"]
+
+
 DESTINATION_ACTIONS = {
     "SQS": "sqs:SendMessage",
     "SNS": "sns:Publish",
@@ -1111,6 +1154,11 @@ ON_BEHALF_USES: tuple[OnBehalfUse, ...] = (
         "Lambda sends the record of a failed asynchronous invocation to the OnFailure destination with "
         "the function's role.",
         _failure_destinations,
+    ),
+    OnBehalfUse(
+        "The DynamoDB stream event source mapping reads the table's stream with the function's role, and "
+        "sends what expired unprocessed to its OnFailure destination with it.",
+        _event_source_streams,
     ),
     OnBehalfUse(
         "SNS generates and decrypts the data key of an encrypted topic with the publisher's permissions "

@@ -50,6 +50,7 @@ from metering_tools.testkit import (
     LocalFunction,
     RoleGuard,
     SimulatedCrash,
+    TableStream,
     local_functions,
     simulated_waits,
     sqs_record,
@@ -126,6 +127,7 @@ class Simulation:
     faults: FaultInjector | None = None
     delivered: DeliveredMessages = field(default_factory=DeliveredMessages)
     returned_for_others: int = 0
+    stream: TableStream | None = None
 
     def __post_init__(self) -> None:
         self.schedule = CloseSchedule(self.grace, os.environ["DEFAULT_TIMEZONE"])
@@ -148,6 +150,38 @@ class Simulation:
             self.modules[function_name] = function.cold_start()
         self.requests_before = aws.DYNAMODB_REQUESTS.snapshot()
         self.report_client = boto3.client("dynamodb")
+        if any(function.config.stream for function in self.functions.values()):
+            self.stream = TableStream(self.stack.table_name, self.options.endpoint_url)
+
+    def follow_stream(self, *, whole_batches_only: bool) -> None:
+        """Hand the table's new stream records to the function that consumes them, as its event source mapping
+        does: in batches of its size, a failed batch again until it is taken (`whole_batches_only`: as long
+        as the replay goes on, only full batches, as a busy stream fills them)."""
+        if self.stream is None:
+            return
+        for function_name, function in self.functions.items():
+            source = function.config.stream
+            if source is None:
+                continue
+            self.stream.read(source)
+            failures = 0
+            for event in self.stream.batches(source, whole_only=whole_batches_only):
+                failed_sequence = self.deliver_stream_batch(function_name, event)
+                self.stream.taken(event, failed_sequence)
+                failures = failures + 1 if failed_sequence is not None else 0
+                if failures > MAX_RECEIVES_WITH_FAULTS:
+                    raise RuntimeError(f"{function_name} failed the same stream batch {failures} times")
+
+    def deliver_stream_batch(self, function_name: str, event: dict[str, Any]) -> str | None:
+        """Invoke with one stream batch: the sequence number from which it must be delivered again (the first
+        record of a failed or killed invocation), or None."""
+        try:
+            response = self.invoke(function_name, event)
+        except SimulatedCrash:
+            self.restart(function_name)
+            return str(event["Records"][0]["dynamodb"]["SequenceNumber"])
+        failures = response.get("batchItemFailures", [])
+        return min((str(item["itemIdentifier"]) for item in failures), key=int, default=None)
 
     def restart(self, function_name: str) -> None:
         """Lambda replaces the execution environment of an invocation that was killed: the next one is a
@@ -281,6 +315,7 @@ class Simulation:
         if batch:
             self.batches += 1
             self.deliver_until_done("RecordActivity", batch, "ActivityQueue")
+            self.follow_stream(whole_batches_only=True)
 
     def close_as_of(self, instant: datetime) -> None:
         """The hourly schedule firing at `instant` (a failed run retried as Lambda retries an asynchronous
@@ -312,6 +347,7 @@ class Simulation:
                 pending = []
         self.record(pending)
         self.record([])
+        self.follow_stream(whole_batches_only=False)
         now = self.options.now
         instants = self.schedule.due(now)
         for instant in instants:
@@ -524,9 +560,11 @@ def simulate(
     options: SimulationOptions,
     on_stack: Callable[[LocalStack], None] | None = None,
     census: CensusTally | None = None,
+    after_replay: Callable[[Simulation], None] | None = None,
 ) -> dict[str, Any]:
     """Run one replay and return the report of SPEC §4. On embedded moto each function runs as its template
-    role; a call a role does not grant is warned about, and every call is added to `census` when given."""
+    role; a call a role does not grant is warned about, and every call is added to `census` when given.
+    `after_replay` runs with the replayed stack still up and its roles still enforced (`metering serve`)."""
     template = load_template()
     process = {
         "AWS_DEFAULT_REGION": REGION,
@@ -567,6 +605,8 @@ def simulate(
                     on_stack(stack)
                 run.replay(read_envelopes(options.events_path))
                 report = run.report()
+                if after_replay is not None:
+                    after_replay(run)
             _warn(run, guard, census)
         finally:
             if stack is not None and options.endpoint_url:

@@ -15,15 +15,22 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
+import boto3
 from botocore.awsrequest import AWSResponse, HTTPHeaders
 from botocore.exceptions import ReadTimeoutError
 from metering import aws, retrying
 
-from metering_tools.provisioning import STACK_ROOT, FunctionConfig, LocalStack, function_configs
+from metering_tools.provisioning import (
+    STACK_ROOT,
+    FunctionConfig,
+    LocalStack,
+    StreamSource,
+    function_configs,
+)
 from metering_tools.roles import (
     Census,
     Findings,
@@ -152,6 +159,107 @@ def answered(status: int) -> AWSResponse:
     return AWSResponse("https://answered.locally.invalid", status, HTTPHeaders(), None)
 
 
+class TableStream:
+    """The table's stream as CountContacts' event source mapping reads it: shard by shard in order, through
+    the mapping's filter, in batches of its size, each with the shard id a tumbling window adds. A batch is
+    read again from its first record until the function takes it, and from the record it reports as failed
+    after that, as Lambda checkpoints a shard."""
+
+    def __init__(self, table_name: str, endpoint_url: str | None) -> None:
+        self._table_name = table_name
+        self._endpoint_url = endpoint_url
+        self._arn = boto3.client("dynamodb").describe_table(TableName=table_name)["Table"]["LatestStreamArn"]
+        self._after: dict[str, str] = {}
+        self.waiting: list[tuple[str, dict[str, Any]]] = []
+        """Records read and passed by the filter, not yet taken by the function: (shard id, record)."""
+
+    def read(self, source: StreamSource) -> None:
+        """Read every shard from where it was left."""
+        for shard_id, records in self._new_records():
+            if records:
+                self._after[shard_id] = records[-1]["dynamodb"]["SequenceNumber"]
+            self.waiting += [(shard_id, self._as_delivered(r)) for r in records if source.passes(r)]
+
+    def _new_records(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+        if self._endpoint_url is None:
+            yield self._new_records_in_moto()
+            return
+        # the stream is served where the table is (a per-service endpoint variable may move DynamoDB)
+        client = boto3.client("dynamodbstreams", endpoint_url=boto3.client("dynamodb").meta.endpoint_url)
+        for shard in client.describe_stream(StreamArn=self._arn)["StreamDescription"]["Shards"]:
+            shard_id = shard["ShardId"]
+            position = (
+                {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": self._after[shard_id]}
+                if shard_id in self._after
+                else {"ShardIteratorType": "TRIM_HORIZON"}
+            )
+            cursor = client.get_shard_iterator(StreamArn=self._arn, ShardId=shard_id, **position)[
+                "ShardIterator"
+            ]
+            records: list[dict[str, Any]] = []
+            while cursor and (answer := client.get_records(ShardIterator=cursor, Limit=1000))["Records"]:
+                records += answer["Records"]
+                cursor = answer.get("NextShardIterator")
+            yield shard_id, records
+
+    def _new_records_in_moto(self) -> tuple[str, list[dict[str, Any]]]:
+        """Embedded moto's one shard, read in memory: its streams API answers on a host name botocore no
+        longer uses, and through it a replay would spend seconds serializing records."""
+        from moto.dynamodb.models import dynamodb_backends  # noqa: PLC0415 - moto only where it is embedded
+
+        shard = dynamodb_backends[ACCOUNT][REGION].get_table(self._table_name).stream_shard
+        assert shard is not None, "the table has no stream: the template's StreamSpecification is missing"
+        first = shard.starting_sequence_number
+        after = int(self._after.get(shard.id, first - 1))
+        return shard.id, [record.to_json() for record in shard.items[after + 1 - first :]]
+
+    def batches(self, source: StreamSource, *, whole_only: bool) -> Iterator[dict[str, Any]]:
+        """The next batch of each shard, while there is one (`whole_only`: only full batches)."""
+        while self.waiting and (len(self.waiting) >= source.batch_size or not whole_only):
+            shard_id = self.waiting[0][0]
+            records = [record for shard, record in self.waiting if shard == shard_id][: source.batch_size]
+            yield self._event(shard_id, records)
+
+    def taken(self, event: Mapping[str, Any], failed_sequence: str | None) -> None:
+        """The function took `event`'s records up to the one it reported as failed (that one and the rest of
+        the batch are delivered again)."""
+        taken = {
+            record["dynamodb"]["SequenceNumber"]
+            for record in event["Records"]
+            if failed_sequence is None or int(record["dynamodb"]["SequenceNumber"]) < int(failed_sequence)
+        }
+        self.waiting = [
+            (shard, record)
+            for shard, record in self.waiting
+            if shard != event["shardId"] or record["dynamodb"]["SequenceNumber"] not in taken
+        ]
+
+    def _as_delivered(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        change = dict(record["dynamodb"])
+        created = change["ApproximateCreationDateTime"]
+        change["ApproximateCreationDateTime"] = int(
+            created.timestamp() if isinstance(created, datetime) else float(created)
+        )
+        return {**record, "awsRegion": REGION, "dynamodb": change, "eventSourceARN": self._arn}
+
+    def _event(self, shard_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+        start = datetime.fromtimestamp(records[0]["dynamodb"]["ApproximateCreationDateTime"], UTC)
+        window = start.replace(second=0)
+        return {
+            "Records": records,
+            "window": {"start": utc_seconds(window), "end": utc_seconds(window + timedelta(minutes=1))},
+            "state": {},
+            "shardId": shard_id,
+            "eventSourceARN": self._arn,
+            "isFinalInvokeForWindow": False,
+            "isWindowTerminatedEarly": False,
+        }
+
+
+def utc_seconds(instant: datetime) -> str:
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class DeliveredMessages:
     """SQS's part for messages a harness hands to a function itself, as the event source mapping does: the
     function's DeleteMessageBatch of their receipt handles is answered as SQS answers it, and remembered (the
@@ -179,6 +287,9 @@ class DeliveredMessages:
 # ---- simulated time ----
 
 
+SIMULATED_WALL_START = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+
+
 class SimulatedClock:
     """The functions' clock (`metering.retrying.CLOCK`) where waiting passes in simulated time: a backoff
     costs the replay nothing, and a retry budget still runs out after as much waiting as it would on AWS."""
@@ -192,17 +303,22 @@ class SimulatedClock:
     def sleep(self, seconds: float) -> None:
         self.waited += seconds
 
+    def wall(self) -> float:
+        """Wall time that moves only with simulated waits, from a fixed instant: a claim's `claimedAt` (a
+        number whose stored size depends on its digits) is the same in every replay."""
+        return SIMULATED_WALL_START + self.waited
+
 
 @contextmanager
 def simulated_waits() -> Iterator[SimulatedClock]:
     """The functions wait on a `SimulatedClock` inside the block."""
     clock = SimulatedClock()
-    saved = (retrying.CLOCK.now, retrying.CLOCK.sleep)
-    retrying.CLOCK.now, retrying.CLOCK.sleep = clock.now, clock.sleep
+    saved = (retrying.CLOCK.now, retrying.CLOCK.sleep, retrying.CLOCK.wall)
+    retrying.CLOCK.now, retrying.CLOCK.sleep, retrying.CLOCK.wall = clock.now, clock.sleep, clock.wall
     try:
         yield clock
     finally:
-        retrying.CLOCK.now, retrying.CLOCK.sleep = saved
+        retrying.CLOCK.now, retrying.CLOCK.sleep, retrying.CLOCK.wall = saved
 
 
 # ---- injected faults ----

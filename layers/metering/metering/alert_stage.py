@@ -10,7 +10,6 @@ which periods are past the least count at which an alert can be due, and which a
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,7 +19,7 @@ from metering import alerting
 from metering.memory import Remembered
 from metering.model import Activation, AlertRecord, PeriodRef
 from metering.placement import EventSubscription, Unread
-from metering.retrying import RetryBudget
+from metering.retrying import CLOCK, RetryBudget
 from metering.rules import History
 
 if TYPE_CHECKING:
@@ -173,7 +172,7 @@ class AlertStage:
             claimed=claimed,
             count_before=count - len(contacts),
             new_contacts=judged,
-            now=int(time.time()),
+            now=int(CLOCK.wall()),
             claimer=secrets.token_hex(8),
         )
         to_publish: list[AlertRecord] = []

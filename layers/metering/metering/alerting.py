@@ -8,7 +8,6 @@ publication failed is published by a later batch of the period once its claimer 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from metering import gateways
 from metering.model import Activation, AlertRecord, PeriodRef
 from metering.placement import EventSubscription, Unread
+from metering.retrying import CLOCK
 from metering.rules import PLANS, Subscription, threshold_contacts, utc_iso
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def lowest_need(
 
 def overdue(claims: Iterable[AlertRecord], claimer_timeout_seconds: float) -> list[AlertRecord]:
     """Claims whose publication is still missing although their claimer can no longer be running."""
-    now = time.time()
+    now = CLOCK.wall()
     return [a for a in claims if not a.published and now - a.claimed_at >= claimer_timeout_seconds]
 
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
 
@@ -101,7 +102,12 @@ def lambda_() -> LambdaClient:
     return boto3.client("lambda", config=CLIENT_CONFIG)
 
 
+@cache
+def secretsmanager() -> SecretsManagerClient:
+    return boto3.client("secretsmanager", config=CLIENT_CONFIG)
+
+
 def reset_clients() -> None:
     """Forget the cached clients, so the next call builds them against the current environment."""
-    for factory in (dynamodb, sqs, events, s3, sns, lambda_):
+    for factory in (dynamodb, sqs, events, s3, sns, lambda_, secretsmanager):
         factory.cache_clear()

@@ -34,7 +34,16 @@ from metering.model import (
     ServiceMisconfigured,
     StoreUnavailable,
 )
-from metering.rules import History, Subscription, earliest_close, invoice_lines, latest_close, utc_iso
+from metering.outlook import MIN_SHAPE_CONTACTS, PeriodShape
+from metering.rules import (
+    History,
+    Subscription,
+    earliest_close,
+    invoice_lines,
+    latest_close,
+    previous_period,
+    utc_iso,
+)
 
 if TYPE_CHECKING:
     from metering.settings import CloseSettings, InvoiceSettings
@@ -329,7 +338,12 @@ def close_account(
         return CloseResult(ref, CloseOutcome.UNBILLED, 0, None)
     if not subscription.billed:
         return CloseResult(ref, CloseOutcome.LEGACY, 0, None)
-    active = store.contacts.count(ref, consistent=True)
+    for_period = history.for_period(ref.period)
+    activations = store.contacts.activation_times(ref)
+    active = len(activations)
+    if active >= MIN_SHAPE_CONTACTS:
+        start, end = for_period.period_end(previous_period(ref.period)), for_period.period_end(ref.period)
+        store.shapes.save(ref, PeriodShape.of(activations, start, end))
     lines = invoice_lines(subscription, active)
     if lines.overusage_contacts == 0:
         return CloseResult(ref, CloseOutcome.WITHIN_ALLOWANCE, active, None)

@@ -1,5 +1,6 @@
-"""S3, SQS, EventBridge, SNS and Lambda access: claim-check objects in; fan-out and close messages, events,
-notifications and hand-overs out. Errors are classified once (`metering.errors`): retry, or surface."""
+"""S3, SQS, EventBridge, SNS, Lambda and Secrets Manager access: claim-check objects and secrets in; fan-out
+and close messages, events, notifications and hand-overs out. Errors are classified once (`metering.errors`):
+retry, or surface."""
 
 from __future__ import annotations
 
@@ -142,3 +143,11 @@ def invoke_async(function_arn: str, payload: str) -> None:
         aws.lambda_().invoke(FunctionName=function_arn, InvocationType="Event", Payload=payload)
     except (ClientError, BotoCoreError) as exc:
         raise classify(exc, "lambda", "Invoke", function_arn) from exc
+
+
+def read_secret(secret_arn: str) -> str:
+    """The current value of a Secrets Manager secret (a string secret)."""
+    try:
+        return aws.secretsmanager().get_secret_value(SecretId=secret_arn)["SecretString"]
+    except (ClientError, BotoCoreError) as exc:
+        raise classify(exc, "secretsmanager", "GetSecretValue", secret_arn) from exc

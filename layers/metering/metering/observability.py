@@ -5,8 +5,9 @@ detail goes to structured logs and the table."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger, Metrics
@@ -17,6 +18,7 @@ from metering.model import ServiceMisconfigured
 
 if TYPE_CHECKING:
     from metering.closing import CloseBatch, CloseResult, CloseRun, ScheduledRun
+    from metering.counting import CountOutcome, StreamedContact
     from metering.model import RecordingOutcome
 
 logger = Logger()
@@ -168,3 +170,20 @@ __all__ = [
     "metrics",
     "surfaced_faults",
 ]
+
+
+def emit_count_metrics(outcome: CountOutcome, records: Sequence[StreamedContact]) -> None:
+    """What a stream batch did to the counters, and how far behind the newest contact it saw was recorded:
+    `CounterLagSeconds` is what a usage view's `asOf` trails by at most."""
+    metrics.add_metric(name="ContactsStreamed", unit=MetricUnit.Count, value=len(records))
+    metrics.add_metric(name="ContactsCounted", unit=MetricUnit.Count, value=sum(outcome.added.values()))
+    metrics.add_metric(name="CountersStarted", unit=MetricUnit.Count, value=len(outcome.bootstrapped))
+    metrics.add_metric(name="ContactsReturnedToStream", unit=MetricUnit.Count, value=len(outcome.failed))
+    if records:
+        lag = (datetime.now(UTC) - max(record.created_at for record in records)).total_seconds()
+        metrics.add_metric(name="CounterLagSeconds", unit=MetricUnit.Seconds, value=max(lag, 0.0))
+    if outcome.failed:
+        logger.warning(
+            "periods returned to the stream",
+            extra={"periods": len({record.ref for record in outcome.failed})},
+        )

@@ -20,7 +20,48 @@ LINEAR = "linear"
 """Active contacts so far, scaled by the share of the period that has passed."""
 SO_FAR = "so far"
 """Too little of the period has passed to extrapolate (its first hour): what is counted now."""
+PREVIOUS_SHAPE = "previous period's shape"
+"""Active contacts so far, scaled by the share of its final count the account's previous period had reached
+at the same point: a month of distinct contacts rises fast early and flattens, and an account's months are
+alike."""
 MIN_ELAPSED = timedelta(hours=1)
+SHAPE_POINTS = 10
+"""A period's shape: its active contacts at each tenth of the period, the last being its final count."""
+MIN_SHAPE_CONTACTS = 20
+"""Below this many contacts a previous period's shape is too coarse to scale by: the line is used instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodShape:
+    """How a closed period filled: active contacts at the end of each tenth of it (cumulative)."""
+
+    points: tuple[int, ...]
+
+    @classmethod
+    def of(cls, activations: Sequence[datetime], start: datetime, end: datetime) -> PeriodShape:
+        """The shape of a period from when each of its contacts became active."""
+        length = (end - start).total_seconds()
+        counts = [0] * SHAPE_POINTS
+        for at in activations:
+            share = (at - start).total_seconds() / length
+            counts[min(SHAPE_POINTS - 1, max(0, int(share * SHAPE_POINTS)))] += 1
+        running, points = 0, []
+        for count in counts:
+            running += count
+            points.append(running)
+        return cls(tuple(points))
+
+    @property
+    def final(self) -> int:
+        return self.points[-1] if self.points else 0
+
+    def reached(self, passed: int, length: int) -> tuple[int, int]:
+        """The contacts reached after `passed` of `length` seconds, as the fraction (numerator, denominator)
+        of the final count, interpolated between the tenths."""
+        tenth = min(SHAPE_POINTS - 1, passed * SHAPE_POINTS // length)
+        low = self.points[tenth - 1] if tenth else 0
+        into = passed * SHAPE_POINTS - tenth * length
+        return low * length + (self.points[tenth] - low) * into, self.final * length
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +81,21 @@ def linear_projection(active_contacts: int, start: datetime, end: datetime, now:
     length = int((end - start).total_seconds())
     passed = int(elapsed.total_seconds())
     return Projection(max(active_contacts, -(-active_contacts * length // passed)), LINEAR)
+
+
+def shaped_projection(
+    active_contacts: int, start: datetime, end: datetime, now: datetime, previous: PeriodShape | None
+) -> Projection:
+    """The count so far scaled by the share the previous period had reached at the same point of it; the
+    straight line when there is no usable previous shape."""
+    elapsed = min(now, end) - start
+    if previous is None or previous.final < MIN_SHAPE_CONTACTS or elapsed < MIN_ELAPSED:
+        return linear_projection(active_contacts, start, end, now)
+    length = int((end - start).total_seconds())
+    reached, whole = previous.reached(int(elapsed.total_seconds()), length)
+    if reached <= 0:
+        return linear_projection(active_contacts, start, end, now)
+    return Projection(max(active_contacts, -(-active_contacts * whole // reached)), PREVIOUS_SHAPE)
 
 
 class Option(StrEnum):

@@ -20,11 +20,13 @@ RETRY_SHARE = 0.5
 
 @dataclass(slots=True)
 class Clock:
-    """Monotonic time and waiting, one for the process. A replay of a month (`metering simulate`) sets a
-    simulated one, so that backoff passes in simulated time and the budget runs out as it would on AWS."""
+    """Monotonic time, waiting and the wall clock of claims, one for the process. A replay of a month
+    (`metering simulate`) sets a simulated one, so that backoff passes in simulated time, the budget runs out
+    as it would on AWS, and what the replay stores does not depend on when it ran."""
 
     now: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
+    wall: Callable[[], float] = time.time
 
 
 CLOCK = Clock()

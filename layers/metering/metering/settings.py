@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Annotated, Self
+from typing import TYPE_CHECKING, Annotated, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from metering.alerting import AlertChannels
-from metering.fields import TimezoneName
+from metering.fields import PlanName, TimezoneName
+from metering.outlook import parse_plan_prices
+
+if TYPE_CHECKING:
+    from metering.alerting import AlertChannels
 
 
 def _split_csv(value: object) -> object:
@@ -17,6 +20,13 @@ def _split_csv(value: object) -> object:
 
 
 Percentages = Annotated[tuple[Annotated[int, Field(gt=0, le=1000)], ...], BeforeValidator(_split_csv)]
+
+
+def _plan_prices(value: object) -> object:
+    return parse_plan_prices(value) if isinstance(value, str) else value
+
+
+PlanPrices = Annotated[dict[PlanName, Annotated[int, Field(ge=0)]], BeforeValidator(_plan_prices)]
 
 
 class _Settings(BaseModel):
@@ -52,6 +62,9 @@ class RecorderSettings(_Settings):
 
     @property
     def alert_channels(self) -> AlertChannels:
+        # only RecordActivity publishes alerts: the other cold starts skip the event models alerting brings
+        from metering.alerting import AlertChannels  # noqa: PLC0415
+
         return AlertChannels(self.event_bus_name, self.usage_alert_topic_arn)
 
 
@@ -70,3 +83,18 @@ class InvoiceSettings(_AfterRecording):
     """InvoiceAccount: counts a sealed period, stores and publishes its invoice."""
 
     event_bus_name: str = Field(alias="EVENT_BUS_NAME", min_length=1)
+
+
+class CounterSettings(_Settings):
+    """CountContacts: keeps the contact counter of each large period from the table's stream."""
+
+
+class ApiSettings(_Settings):
+    """UsageApi: reads usage, contacts, invoices and alerts for the callers its JWT authorizer let through."""
+
+    plan_prices: PlanPrices = Field(alias="PLAN_PRICES", default_factory=dict)
+    """Monthly plan prices in cents (`start=2900,grow=5900`) for the upgrade advice; none: unpriced."""
+    account_claim: str = Field(alias="ACCOUNT_CLAIM", default="account_id", min_length=1)
+    """The JWT claim naming a customer token's account."""
+    cursor_secret_arn: str = Field(alias="CURSOR_SECRET_ARN", min_length=1)
+    """The secret whose value signs page cursors (read once per container, at the first page)."""

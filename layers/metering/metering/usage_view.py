@@ -17,7 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from metering.fields import BillingCycle, PlanName
 from metering.model import AlertRecord, CloseState, Invoice, PeriodRef
-from metering.outlook import Advice, Option, Projection, advise, linear_projection
+from metering.outlook import Advice, Option, Projection, advise, shaped_projection
 from metering.rules import (
     CURRENCY,
     History,
@@ -28,6 +28,13 @@ from metering.rules import (
 
 if TYPE_CHECKING:
     from metering.store import MeteringStore
+    from metering.store.counters import ContactCounter
+
+
+OUTRIGHT_LIMIT = 48
+"""Contacts a usage view counts outright (2 read units, consistent) before it falls back to counting them all:
+periods get a counter at `metering.counting.COUNTER_FROM` contacts, so only one caught between the two, and
+not yet scanned, costs more."""
 
 
 class PeriodNotOpenYet(ValueError):
@@ -134,8 +141,9 @@ def read_usage(
     store: MeteringStore, account_id: str, period: str | None, now: datetime, settings: ReadSettings
 ) -> UsageView:
     """The usage of `period` (default: the period open now in the account's zone). Raises PeriodNotOpenYet
-    for a period after the open one."""
-    history = History.of(store.subscriptions.history(account_id), settings.default_timezone)
+    for a period after the open one. Costs at most 4 read units whatever the period's size
+    (docs/design.md#contact-counters)."""
+    history = History.of(store.subscriptions.history(account_id, consistent=False), settings.default_timezone)
     open_period = history.place(now)
     period = period or open_period
     if period > open_period:
@@ -145,14 +153,25 @@ def read_usage(
     start = for_period.period_end(previous_period(period))
     end = for_period.period_end(period)
     closes_at = end + settings.grace
-    state = store.close_states.read_since(period).get(period, CloseState(period))
+    may_be_closed = now >= closes_at
+    state = (
+        store.close_states.read_since(period, consistent=False).get(period, CloseState(period))
+        if may_be_closed
+        else CloseState(period)
+    )
     closed = state.seals(closes_at)
-    claims, invoice = store.period_outcome(ref)
-    as_of = now
-    active = invoice.lines.active_contacts if invoice else store.contacts.count(ref, consistent=True)
+    outcome = store.period_outcome(
+        ref,
+        with_invoice=may_be_closed,
+        shape_of=None if now >= end else PeriodRef(account_id, previous_period(period)),
+    )
+    invoice = outcome.invoice
+    active, as_of = _count(store, ref, outcome.counter, invoice, now, sealed=closed)
     subscription = history.billing_subscription(period)
     projection = (
-        Projection(active, "closed") if closed or now >= end else linear_projection(active, start, end, now)
+        Projection(active, "closed")
+        if closed or now >= end
+        else shaped_projection(active, start, end, now, outcome.previous_shape)
     )
     return UsageView(
         account_id=account_id,
@@ -176,10 +195,32 @@ def read_usage(
                 allowance=alert.allowance,
                 reached_at=alert.reached_at,
             )
-            for alert in sorted(claims.values(), key=_percent)
+            for alert in sorted(outcome.claims.values(), key=_percent)
         ],
         invoice=InvoiceView.of(invoice) if invoice else None,
     )
+
+
+def _count(
+    store: MeteringStore,
+    ref: PeriodRef,
+    counter: ContactCounter | None,
+    invoice: Invoice | None,
+    now: datetime,
+    *,
+    sealed: bool,
+) -> tuple[int, datetime]:
+    """The period's active contacts and the instant before which every recorded contact is in them: the
+    invoice's count, the counter's, or (for a period without counter) an outright count. A sealed period
+    takes no new contacts, so its outright count needs no consistent read."""
+    if invoice is not None:
+        return invoice.lines.active_contacts, now
+    if counter is not None:
+        return counter.contacts, min(counter.through, now)
+    counted = store.contacts.count_up_to(ref, OUTRIGHT_LIMIT, consistent=not sealed)
+    if counted is None:
+        counted = store.contacts.count(ref, consistent=not sealed)
+    return counted, now
 
 
 def _percent(alert: AlertRecord) -> int:

@@ -5,14 +5,28 @@ Domain code receives a `MeteringStore` and sees only the values of `metering.mod
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from metering.model import AlertRecord, Invoice, PeriodRef
+from metering.outlook import PeriodShape
 from metering.store.alerts import Alerts
 from metering.store.closing import CloseStates, Invoices, decode_invoice
 from metering.store.contacts import Contacts
-from metering.store.keys import ALERTS_SK, alerts_key, invoice_key, key_of
+from metering.store.counters import ContactCounter, Counters, decode_counter
+from metering.store.keys import (
+    ALERTS_SK,
+    COUNTER_SK,
+    SHAPE_SK,
+    alerts_key,
+    counter_key,
+    invoice_key,
+    key_of,
+    shape_key,
+)
+from metering.store.listings import Listings
 from metering.store.rejections import Rejections
+from metering.store.shapes import Shapes, decode_shape
 from metering.store.subscriptions import Subscriptions
 from metering.store.table import WRITE_THREADS, Table
 
@@ -28,19 +42,43 @@ class MeteringStore:
     ) -> None:
         self.table = Table(table_name, client, write_concurrency)
         self.contacts = Contacts(self.table)
+        self.counters = Counters(self.table)
+        self.shapes = Shapes(self.table)
         self.alerts = Alerts(self.table)
         self.subscriptions = Subscriptions(self.table)
         self.close_states = CloseStates(self.table)
         self.invoices = Invoices(self.table)
         self.rejections = Rejections(self.table)
+        self.listings = Listings(self.table)
 
-    def period_outcome(self, ref: PeriodRef) -> tuple[dict[int, AlertRecord], Invoice | None]:
-        """The alerts claimed in a period and its invoice, in one eventually consistent BatchGetItem."""
-        claims: dict[int, AlertRecord] = {}
-        invoice: Invoice | None = None
-        for item in self.table.batch_get([alerts_key(ref), invoice_key(ref)]):
-            if key_of(item)[1] == ALERTS_SK:
-                claims = self.alerts.decode(item)[1]
+    def period_outcome(
+        self, ref: PeriodRef, *, with_invoice: bool, shape_of: PeriodRef | None = None
+    ) -> PeriodOutcome:
+        """The alerts claimed in a period, its contact counter, (when it may have one) its invoice and (when
+        asked) the shape of another period, in one eventually consistent BatchGetItem: half a read unit per
+        item."""
+        outcome = PeriodOutcome()
+        keys = [alerts_key(ref), counter_key(ref)]
+        keys += [invoice_key(ref)] if with_invoice else []
+        keys += [shape_key(shape_of)] if shape_of else []
+        for item in self.table.batch_get(keys):
+            sort_key = key_of(item)[1]
+            if sort_key == ALERTS_SK:
+                outcome.claims = self.alerts.decode(item)[1]
+            elif sort_key == COUNTER_SK:
+                outcome.counter = decode_counter(item)
+            elif sort_key == SHAPE_SK:
+                outcome.previous_shape = decode_shape(item)
             else:
-                invoice = decode_invoice(item)
-        return claims, invoice
+                outcome.invoice = decode_invoice(item)
+        return outcome
+
+
+@dataclass(slots=True)
+class PeriodOutcome:
+    """What a period has come to so far, beside its contacts."""
+
+    claims: dict[int, AlertRecord] = field(default_factory=dict)
+    counter: ContactCounter | None = None
+    invoice: Invoice | None = None
+    previous_shape: PeriodShape | None = None

@@ -7,7 +7,7 @@ from datetime import datetime
 from metering.model import CloseState, Invoice, PeriodRef, PublicationLease
 from metering.rules import InvoiceLines, utc_iso
 from metering.store.codec import Item, instant, n, number, s, text
-from metering.store.keys import CLOSE_PK, close_key, invoice_key, ref_from_pk
+from metering.store.keys import CLOSE_PK, close_key, invoice_entry_key, invoice_key, ref_from_pk
 from metering.store.table import Conflict, Table
 
 
@@ -15,15 +15,15 @@ class CloseStates:
     def __init__(self, table: Table) -> None:
         self._table = table
 
-    def read_since(self, period: str) -> dict[str, CloseState]:
-        """The close state of every period from `period` on that has one, read consistently (a seal is never
-        missed); one small partition, about 100 bytes a month."""
+    def read_since(self, period: str, *, consistent: bool = True) -> dict[str, CloseState]:
+        """The close state of every period from `period` on that has one; one small partition, about 100
+        bytes a month. Consistent unless the reader only shows what it finds (a seal is then seen late)."""
         return {
             state.period: state
             for page in self._table.query(
                 KeyConditionExpression="pk = :pk AND sk >= :since",
                 ExpressionAttributeValues={":pk": s(CLOSE_PK), ":since": s(period)},
-                ConsistentRead=True,
+                ConsistentRead=consistent,
             )
             for state in map(decode_state, page.get("Items", []))
         }
@@ -106,25 +106,13 @@ class Invoices:
         self._table = table
 
     def save(self, invoice: Invoice) -> Invoice:
-        """Store the invoice once; a second attempt gets the one stored first."""
-        lines = invoice.lines
-        item = {
-            **invoice_key(invoice.ref),
-            "invoiceId": s(invoice.invoice_id),
-            "plan": s(lines.plan),
-            "billingCycle": s(lines.billing_cycle),
-            "includedContacts": n(lines.included_contacts),
-            "addonContacts": n(lines.addon_contacts),
-            "allowance": n(lines.allowance),
-            "activeContacts": n(lines.active_contacts),
-            "overusageContacts": n(lines.overusage_contacts),
-            "unitPriceCents": n(lines.unit_price_cents),
-            "amountCents": n(lines.amount_cents),
-            "currency": s(lines.currency),
-            "issuedAt": s(invoice.issued_at),
-        }
-        outcome = self._table.create(item)
-        return decode_invoice(outcome.item) if isinstance(outcome, Conflict) else invoice
+        """Store the invoice once; a second attempt gets the one stored first. Then put its entry in the
+        account's invoice listing, from the invoice stored first: every attempt writes the same entry, so the
+        put needs no condition, and an attempt that failed between the two writes is completed by the next."""
+        outcome = self._table.create({**invoice_key(invoice.ref), **invoice_attributes(invoice)})
+        stored = decode_invoice(outcome.item) if isinstance(outcome, Conflict) else invoice
+        self._table.call(self._table.client.put_item, TableName=self._table.name, Item=invoice_entry(stored))
+        return stored
 
     def claim_publication(self, ref: PeriodRef, now: datetime, stale_before: datetime) -> PublicationLease:
         """Take the lease to publish an invoice, unless it is published or another caller's lease (newer
@@ -159,20 +147,46 @@ class Invoices:
         )
 
 
+def invoice_attributes(invoice: Invoice) -> Item:
+    """An invoice's attributes, as its item and its listing entry both hold them."""
+    lines = invoice.lines
+    return {
+        "invoiceId": s(invoice.invoice_id),
+        "plan": s(lines.plan),
+        "billingCycle": s(lines.billing_cycle),
+        "includedContacts": n(lines.included_contacts),
+        "addonContacts": n(lines.addon_contacts),
+        "allowance": n(lines.allowance),
+        "activeContacts": n(lines.active_contacts),
+        "overusageContacts": n(lines.overusage_contacts),
+        "unitPriceCents": n(lines.unit_price_cents),
+        "amountCents": n(lines.amount_cents),
+        "currency": s(lines.currency),
+        "issuedAt": s(invoice.issued_at),
+    }
+
+
+def invoice_entry(invoice: Invoice) -> Item:
+    """The entry of an invoice in its account's invoice listing (`metering.store.listings`)."""
+    return {**invoice_entry_key(invoice.ref), **invoice_attributes(invoice)}
+
+
+def invoice_lines_of(item: Item) -> InvoiceLines:
+    return InvoiceLines(
+        plan=text(item, "plan"),  # type: ignore[arg-type]
+        billing_cycle=text(item, "billingCycle"),  # type: ignore[arg-type]
+        included_contacts=number(item, "includedContacts"),
+        addon_contacts=number(item, "addonContacts"),
+        allowance=number(item, "allowance"),
+        active_contacts=number(item, "activeContacts"),
+        overusage_contacts=number(item, "overusageContacts"),
+        unit_price_cents=number(item, "unitPriceCents"),
+        amount_cents=number(item, "amountCents"),
+        currency=text(item, "currency"),
+    )
+
+
 def decode_invoice(item: Item) -> Invoice:
     return Invoice(
-        ref=ref_from_pk(text(item, "pk")),
-        issued_at=text(item, "issuedAt"),
-        lines=InvoiceLines(
-            plan=text(item, "plan"),  # type: ignore[arg-type]
-            billing_cycle=text(item, "billingCycle"),  # type: ignore[arg-type]
-            included_contacts=number(item, "includedContacts"),
-            addon_contacts=number(item, "addonContacts"),
-            allowance=number(item, "allowance"),
-            active_contacts=number(item, "activeContacts"),
-            overusage_contacts=number(item, "overusageContacts"),
-            unit_price_cents=number(item, "unitPriceCents"),
-            amount_cents=number(item, "amountCents"),
-            currency=text(item, "currency"),
-        ),
+        ref=ref_from_pk(text(item, "pk")), issued_at=text(item, "issuedAt"), lines=invoice_lines_of(item)
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from metering.model import Activation, ContactRecord, LateEvent, PeriodRef, StoreUnavailable
 from metering.retrying import CLOCK, RetryBudget, backoff_delay
@@ -121,6 +122,35 @@ class Contacts:
                 ConsistentRead=consistent,
             )
         )
+
+    def count_up_to(self, ref: PeriodRef, limit: int, *, consistent: bool) -> int | None:
+        """The period's active contacts if there are fewer than `limit`, else None: a read that costs what
+        `limit` contact items cost, whatever the period's size."""
+        response = self._table.call(
+            self._table.client.query,
+            TableName=self._table.name,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :contact)",
+            ExpressionAttributeValues={":pk": s(period_pk(ref)), ":contact": s(CONTACT_PREFIX)},
+            Select="COUNT",
+            Limit=limit,
+            ConsistentRead=consistent,
+        )
+        answer: dict[str, Any] = dict(response)
+        return None if "LastEvaluatedKey" in answer else int(answer.get("Count", 0))
+
+    def activation_times(self, ref: PeriodRef) -> list[datetime]:
+        """When each of the period's contacts became active, read consistently: the close's count (a Query
+        bills the bytes it reads, so reading `o` costs what counting does) and the period's shape."""
+        return [
+            datetime.fromisoformat(text(item, FIRST_OCCURRED))
+            for page in self._table.query(
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :contact)",
+                ExpressionAttributeValues={":pk": s(period_pk(ref)), ":contact": s(CONTACT_PREFIX)},
+                ProjectionExpression=FIRST_OCCURRED,
+                ConsistentRead=True,
+            )
+            for item in page.get("Items", [])
+        ]
 
     def records(self, ref: PeriodRef) -> Iterator[ContactRecord]:
         """The active contacts of a period with the first event that made each active."""

@@ -6,6 +6,10 @@
 | usage alerts        | `{account}#{period}`        | `alerts`                            |
 | late event          | `{account}#{period}`        | `late#{eventId}`                    |
 | invoice             | `{account}#{period}`        | `invoice`                           |
+| contact counter     | `{account}#{period}`        | `counter`                           |
+| counter snapshot    | `{account}#{period}`        | `counter#snapshot`                  |
+| period shape        | `{account}#{period}`        | `shape`                             |
+| invoice listing     | `{account}#invoices`        | `{period}`                          |
 | subscription change | `#subscriptions#{shard}`    | `{account}#{effectiveAt}#{eventId}` |
 | close state         | `#close`                    | `{period}`                          |
 | rejected event      | `#rejected#{YYYY-MM}`       | `{eventId}`                         |
@@ -26,6 +30,10 @@ from metering.rules import utc_iso
 CONTACT_PREFIX = "contact#"
 ALERTS_SK = "alerts"
 INVOICE_SK = "invoice"
+COUNTER_SK = "counter"
+SHAPE_SK = "shape"
+SNAPSHOT_SK = "counter#snapshot"
+INVOICES_SUFFIX = "#invoices"
 LATE_PREFIX = "late#"
 SUBSCRIPTIONS_PREFIX = "#subscriptions#"
 SUBSCRIPTION_SHARDS = 16
@@ -64,6 +72,28 @@ def alerts_key(ref: PeriodRef) -> Key:
 
 def invoice_key(ref: PeriodRef) -> Key:
     return key(period_pk(ref), INVOICE_SK)
+
+
+def counter_key(ref: PeriodRef) -> Key:
+    return key(period_pk(ref), COUNTER_SK)
+
+
+def shape_key(ref: PeriodRef) -> Key:
+    return key(period_pk(ref), SHAPE_SK)
+
+
+def snapshot_key(ref: PeriodRef) -> Key:
+    return key(period_pk(ref), SNAPSHOT_SK)
+
+
+def invoices_pk(account_id: str) -> str:
+    """The account's invoice listing: one entry per invoiced period, so listing reads no month without one.
+    `invoices` is no `YYYY-MM`, so the partition cannot be a period's."""
+    return f"{account_id}{INVOICES_SUFFIX}"
+
+
+def invoice_entry_key(ref: PeriodRef) -> Key:
+    return key(invoices_pk(ref.account_id), ref.period)
 
 
 def late_key(ref: PeriodRef, event_id: str) -> Key:
@@ -111,4 +141,12 @@ def family(pk: str, sk: str) -> str:
         return "contact"
     if sk.startswith(LATE_PREFIX):
         return "late"
-    return {ALERTS_SK: "alerts", INVOICE_SK: "invoice"}.get(sk, "other")
+    if pk.endswith(INVOICES_SUFFIX):
+        return "invoice listing"
+    return {
+        ALERTS_SK: "alerts",
+        INVOICE_SK: "invoice",
+        COUNTER_SK: "counter",
+        SNAPSHOT_SK: "counter",
+        SHAPE_SK: "shape",
+    }.get(sk, "other")

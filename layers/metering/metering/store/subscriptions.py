@@ -55,7 +55,8 @@ class Subscriptions:
         )
         return dict(zip(accounts, results, strict=True))
 
-    def history(self, account_id: str) -> list[Subscription]:
+    def history(self, account_id: str, *, consistent: bool = True) -> list[Subscription]:
+        """The account's subscription changes; consistent unless the reader only shows what it finds."""
         return [
             decode_subscription(item)
             for page in self._table.query(
@@ -64,7 +65,7 @@ class Subscriptions:
                     ":pk": s(subscriptions_pk(subscription_shard(account_id))),
                     ":account": s(subscription_prefix(account_id)),
                 },
-                ConsistentRead=True,
+                ConsistentRead=consistent,
             )
             for item in page.get("Items", [])
         ]
