@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from metering.outlook import LINEAR, PREVIOUS_SHAPE
 from metering.usage_view import ReadSettings, read_usage
 
@@ -13,9 +14,18 @@ from tests.helpers import contact_events, contact_ids, subscription_changed
 SETTINGS = ReadSettings("UTC", timedelta(hours=6), {})
 
 
-def test_an_open_period_is_projected_by_the_shape_of_the_closed_one_before_it(metering: Metering) -> None:
+@pytest.mark.parametrize(
+    "plan",
+    [
+        pytest.param("start", id="september-invoiced-its-shape-on-the-invoice"),
+        pytest.param("grow", id="september-within-allowance-its-shape-on-octobers-alerts-item"),
+    ],
+)
+def test_an_open_period_is_projected_by_the_shape_of_the_closed_one_before_it(
+    metering: Metering, plan: str
+) -> None:
     # Given a billed account whose September filled early: 60 contacts on the 2nd, 20 on the 25th
-    metering.record_events([subscription_changed("acc-shape", "start", "2026-08-01T00:00:00Z")])
+    metering.record_events([subscription_changed("acc-shape", plan, "2026-08-01T00:00:00Z")])
     ids = contact_ids("con", 120)
     for day, batch in (("02", ids[:60]), ("25", ids[60:80])):
         for offset in range(0, len(batch), 10):

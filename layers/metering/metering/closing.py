@@ -41,6 +41,7 @@ from metering.rules import (
     earliest_close,
     invoice_lines,
     latest_close,
+    next_period,
     previous_period,
     utc_iso,
 )
@@ -341,13 +342,16 @@ def close_account(
     for_period = history.for_period(ref.period)
     activations = store.contacts.activation_times(ref)
     active = len(activations)
+    shape = None
     if active >= MIN_SHAPE_CONTACTS:
         start, end = for_period.period_end(previous_period(ref.period)), for_period.period_end(ref.period)
-        store.shapes.save(ref, PeriodShape.of(activations, start, end))
+        shape = PeriodShape.of(activations, start, end)
     lines = invoice_lines(subscription, active)
     if lines.overusage_contacts == 0:
+        if shape is not None:
+            store.shapes.save_for_next(PeriodRef(ref.account_id, next_period(ref.period)), shape)
         return CloseResult(ref, CloseOutcome.WITHIN_ALLOWANCE, active, None)
-    invoice = store.invoices.save(Invoice(ref, lines, issued_at=utc_iso(request.as_of)))
+    invoice = store.invoices.save(Invoice(ref, lines, issued_at=utc_iso(request.as_of)), shape)
     publish_once(invoice, store, settings)
     return CloseResult(ref, CloseOutcome.INVOICED, invoice.lines.active_contacts, invoice)
 

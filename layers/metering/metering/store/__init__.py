@@ -17,16 +17,15 @@ from metering.store.counters import ContactCounter, Counters, decode_counter
 from metering.store.keys import (
     ALERTS_SK,
     COUNTER_SK,
-    SHAPE_SK,
     alerts_key,
     counter_key,
     invoice_key,
     key_of,
-    shape_key,
+    period_pk,
 )
 from metering.store.listings import Listings
 from metering.store.rejections import Rejections
-from metering.store.shapes import Shapes, decode_shape
+from metering.store.shapes import PREVIOUS_SHAPE, SHAPE, Shapes, decode_shape
 from metering.store.subscriptions import Subscriptions
 from metering.store.table import WRITE_THREADS, Table
 
@@ -55,22 +54,24 @@ class MeteringStore:
         self, ref: PeriodRef, *, with_invoice: bool, shape_of: PeriodRef | None = None
     ) -> PeriodOutcome:
         """The alerts claimed in a period, its contact counter, (when it may have one) its invoice and (when
-        asked) the shape of another period, in one eventually consistent BatchGetItem: half a read unit per
+        asked) the shape of the period before, in one eventually consistent BatchGetItem: half a read unit
+        per item. A previous period's shape is on its invoice, or (not invoiced) on this period's alerts
         item."""
         outcome = PeriodOutcome()
         keys = [alerts_key(ref), counter_key(ref)]
         keys += [invoice_key(ref)] if with_invoice else []
-        keys += [shape_key(shape_of)] if shape_of else []
+        keys += [invoice_key(shape_of)] if shape_of else []
         for item in self.table.batch_get(keys):
-            sort_key = key_of(item)[1]
+            pk, sort_key = key_of(item)
             if sort_key == ALERTS_SK:
                 outcome.claims = self.alerts.decode(item)[1]
+                outcome.previous_shape = outcome.previous_shape or decode_shape(item, PREVIOUS_SHAPE)
             elif sort_key == COUNTER_SK:
                 outcome.counter = decode_counter(item)
-            elif sort_key == SHAPE_SK:
-                outcome.previous_shape = decode_shape(item)
-            else:
+            elif pk == period_pk(ref):
                 outcome.invoice = decode_invoice(item)
+            else:
+                outcome.previous_shape = decode_shape(item, SHAPE) or outcome.previous_shape
         return outcome
 
 

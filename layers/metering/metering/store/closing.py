@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from metering.model import CloseState, Invoice, PeriodRef, PublicationLease
+from metering.outlook import PeriodShape
 from metering.rules import InvoiceLines, utc_iso
 from metering.store.codec import Item, instant, n, number, s, text
 from metering.store.keys import CLOSE_PK, close_key, invoice_entry_key, invoice_key, ref_from_pk
+from metering.store.shapes import SHAPE, encoded
 from metering.store.table import Conflict, Table
 
 
@@ -105,11 +107,13 @@ class Invoices:
     def __init__(self, table: Table) -> None:
         self._table = table
 
-    def save(self, invoice: Invoice) -> Invoice:
-        """Store the invoice once; a second attempt gets the one stored first. Then put its entry in the
-        account's invoice listing, from the invoice stored first: every attempt writes the same entry, so the
-        put needs no condition, and an attempt that failed between the two writes is completed by the next."""
-        outcome = self._table.create({**invoice_key(invoice.ref), **invoice_attributes(invoice)})
+    def save(self, invoice: Invoice, shape: PeriodShape | None = None) -> Invoice:
+        """Store the invoice once (with its period's shape, for projecting the next period); a second attempt
+        gets the one stored first. Then put its entry in the account's invoice listing, from the invoice
+        stored first: every attempt writes the same entry, so the put needs no condition, and an attempt that
+        failed between the two writes is completed by the next."""
+        shaped = {SHAPE: encoded(shape)} if shape is not None else {}
+        outcome = self._table.create({**invoice_key(invoice.ref), **invoice_attributes(invoice), **shaped})
         stored = decode_invoice(outcome.item) if isinstance(outcome, Conflict) else invoice
         self._table.call(self._table.client.put_item, TableName=self._table.name, Item=invoice_entry(stored))
         return stored

@@ -8,7 +8,6 @@
 | invoice             | `{account}#{period}`        | `invoice`                           |
 | contact counter     | `{account}#{period}`        | `counter`                           |
 | counter snapshot    | `{account}#{period}`        | `counter#snapshot`                  |
-| period shape        | `{account}#{period}`        | `shape`                             |
 | invoice listing     | `{account}#invoices`        | `{period}`                          |
 | subscription change | `#subscriptions#{shard}`    | `{account}#{effectiveAt}#{eventId}` |
 | close state         | `#close`                    | `{period}`                          |
@@ -31,7 +30,6 @@ CONTACT_PREFIX = "contact#"
 ALERTS_SK = "alerts"
 INVOICE_SK = "invoice"
 COUNTER_SK = "counter"
-SHAPE_SK = "shape"
 SNAPSHOT_SK = "counter#snapshot"
 INVOICES_SUFFIX = "#invoices"
 LATE_PREFIX = "late#"
@@ -76,10 +74,6 @@ def invoice_key(ref: PeriodRef) -> Key:
 
 def counter_key(ref: PeriodRef) -> Key:
     return key(period_pk(ref), COUNTER_SK)
-
-
-def shape_key(ref: PeriodRef) -> Key:
-    return key(period_pk(ref), SHAPE_SK)
 
 
 def snapshot_key(ref: PeriodRef) -> Key:
@@ -148,5 +142,4 @@ def family(pk: str, sk: str) -> str:
         INVOICE_SK: "invoice",
         COUNTER_SK: "counter",
         SNAPSHOT_SK: "counter",
-        SHAPE_SK: "shape",
     }.get(sk, "other")
