@@ -9,7 +9,7 @@ CHECKOV := .venv-checkov/bin/checkov
 export AWS_DEFAULT_REGION ?= eu-central-1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup test test-fast lint build demo api package-check bench bench-large clean lock
+.PHONY: setup browser test test-fast lint build demo api screenshots package-check bench bench-large clean lock
 
 setup: $(INSTALLED)
 
@@ -34,8 +34,23 @@ $(INSTALLED): pyproject.toml $(LOCK) layers/metering/requirements.in tools/requi
 lock:
 	$(PYTHON) scripts/lock_runtime.py $(if $(UPGRADE),--upgrade $(UPGRADE))
 
-test: setup
-	$(BIN)/pytest -n 2 --durations=10
+# The browser tier (tests/browser) drives Debian's Chromium through Playwright; Playwright never downloads a browser
+# of its own. Installed when missing (as root, or through sudo); without it the target fails, never the tier skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser tier (tests/browser)"; \
+		if [[ "$$(id -u)" == 0 ]]; then as_root=(); \
+		elif command -v sudo >/dev/null 2>&1; then as_root=(sudo); \
+		else echo "make browser: chromium is missing and installing it needs root (apt-get install chromium)" >&2; exit 1; fi; \
+		"$${as_root[@]}" apt-get update -qq; \
+		"$${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	}
+	@command -v chromium >/dev/null 2>&1 || { echo "make browser: chromium is still not on PATH" >&2; exit 1; }
+
+# The browser tier's tests share one worker (and so one metering serve): --dist loadgroup keeps an xdist_group
+# together and spreads every other test as before.
+test: setup browser
+	$(BIN)/pytest -n 2 --dist loadgroup --durations=10
 
 test-fast: setup
 	$(BIN)/pytest -n 2 -m 'not slow'
@@ -69,8 +84,13 @@ api: setup
 	@token="$$($(BIN)/metering token --issuer-key $(ISSUER_KEY) --account $(API_ACCOUNT))"; \
 	echo "Once it prints 'listening on http://127.0.0.1:$(API_PORT)' (a token for $(API_ACCOUNT), valid 1 h):"; \
 	echo "curl -H 'Authorization: Bearer $$token' 'http://127.0.0.1:$(API_PORT)/v1/accounts/$(API_ACCOUNT)/usage?period=2026-10'"; \
+	echo "and its usage page in a browser: http://127.0.0.1:$(API_PORT)/usage-page/#token=$$token&lang=de"; \
 	exec $(BIN)/metering serve events/sample-month.jsonl --now 2026-11-02T00:00:00Z --port $(API_PORT) \
 		--issuer-key $(ISSUER_KEY)
+
+# The README's pictures of the usage page (docs/images/usage-page-en.png, -de.png), from the browser tier's month.
+screenshots: setup browser
+	USAGE_PAGE_SCREENSHOTS=docs/images $(BIN)/pytest -p no:xdist -q tests/browser -k screenshots
 
 # A packaged install as someone without the repository has it: `pip install .` into a fresh venv outside the
 # checkout, the sample month replayed from there (reading the template and handlers the package carries); its

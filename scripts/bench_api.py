@@ -128,7 +128,7 @@ class MeteredApi:
 
     def _invoke(self, event: dict[str, Any]) -> Any:
         run, function = self._run, self._run.functions[FUNCTION]
-        module = run.modules[FUNCTION]
+        module = run.module(FUNCTION)
 
         def metered(event: dict[str, Any], context: Any) -> Any:
             self.meter.attach(aws.dynamodb())
@@ -175,7 +175,7 @@ def routes(account: str, middle_cursor: str | None) -> list[tuple[str, str, str]
 
 def measure(run: Simulation, contacts: int, repeats: int, key_path: Path) -> None:
     fill_large_period(run, contacts)
-    run.modules[FUNCTION].API.clock = lambda: NOW
+    run.module(FUNCTION).API.clock = lambda: NOW
     api = MeteredApi(run, key_path)
     out = sys.__stdout__ or sys.stdout
     print(f"{'route':<32}{'period':>16}{'status':>8}{'RRU':>8}{'warm ms (median)':>19}", file=out)

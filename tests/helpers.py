@@ -15,7 +15,9 @@ import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +294,26 @@ def moto_server_process(environment: Mapping[str, str]) -> Iterator[str]:
 ACCOUNT, REGION = testkit.ACCOUNT, testkit.REGION
 FakeLambdaContext, load_handler = testkit.LambdaContext, testkit.cold_start
 sqs_event, sqs_record = testkit.sqs_event, testkit.sqs_record
+
+
+# ---- a running `metering serve`, called over HTTP ----
+
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Loopback only: never through a proxy the environment may name."""
+
+
+def metering_command(*arguments: str) -> list[str]:
+    """The `metering` command line of this interpreter (the checkout's package, whatever PATH holds)."""
+    return [sys.executable, "-m", "metering_tools.cli", *arguments]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP answer of `metering serve`: status, headers and body."""
+
+    status: int
+    headers: Message
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)

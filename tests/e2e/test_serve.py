@@ -6,23 +6,19 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import select
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email.message import Message
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.helpers import EVENTS_DIR
+from tests.helpers import DIRECT, EVENTS_DIR, Reply, metering_command
 
 pytestmark = pytest.mark.slow
 
@@ -35,34 +31,18 @@ OTHER_ACCOUNT = "acc-legacy"
 READY_TIMEOUT_SECONDS = 180.0
 STOP_TIMEOUT_SECONDS = 30.0
 REQUEST_TIMEOUT_SECONDS = 30.0
-DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-"""Loopback only: never through a proxy the environment may name."""
-
-
-def metering(*arguments: str) -> list[str]:
-    return [sys.executable, "-m", "metering_tools.cli", *arguments]
 
 
 def token(issuer_key: Path, *arguments: str) -> str:
     """A token printed by `metering token`."""
     printed = subprocess.run(
-        metering("token", "--issuer-key", str(issuer_key), *arguments),
+        metering_command("token", "--issuer-key", str(issuer_key), *arguments),
         check=True,
         capture_output=True,
         text=True,
         timeout=60,
     )
     return printed.stdout.strip()
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    status: int
-    headers: Message
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass(slots=True)
@@ -103,7 +83,9 @@ def start(issuer_key: Path, log: Path) -> Served:
     """`metering serve` on the month, port 0 (the server takes a free one); returns once it listens."""
     with log.open("w", encoding="utf-8") as stderr:
         process = subprocess.Popen(
-            metering("serve", str(MONTH), "--now", NOW, "--port", "0", "--issuer-key", str(issuer_key)),
+            metering_command(
+                "serve", str(MONTH), "--now", NOW, "--port", "0", "--issuer-key", str(issuer_key)
+            ),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,

@@ -1,6 +1,6 @@
-"""The Usage API in `template.yaml`: a JWT authorizer on every route, the routes the function serves, a
-read-only role that alone may read the cursor key, access logs without tokens or headers, and its alarms with
-runbook sections."""
+"""The Usage API in `template.yaml`: a JWT authorizer on every route but the usage page's, the routes the
+function serves, a read-only role that alone may read the cursor key, access logs without tokens or headers,
+and its alarms with runbook sections."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ TEMPLATE = load_template()
 RESOURCES: dict[str, dict[str, Any]] = TEMPLATE["Resources"]
 API = RESOURCES["UsageHttpApi"]["Properties"]
 FUNCTION = RESOURCES["UsageApiFunction"]["Properties"]
+PAGE_PATHS = {"/usage-page", "/usage-page/{asset}"}
 READ_ACTIONS = {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query"}
 
 
@@ -44,8 +45,13 @@ def test_every_route_is_behind_the_jwt_authorizer_with_issuer_audience_and_scope
     }
     assert authorizer["IdentitySource"] == "$request.header.Authorization"
     assert set(authorizer["AuthorizationScopes"]) == {"metering/usage.read", "metering/usage.read.all"}
-    # no route opts out of it
-    assert all("Auth" not in event["Properties"] for event in FUNCTION["Events"].values())
+    # no route of the API opts out of it; only the usage page's two routes do (the page holds no data)
+    opted_out = {
+        (event["Properties"]["Path"], json.dumps(event["Properties"]["Auth"], sort_keys=True))
+        for event in FUNCTION["Events"].values()
+        if "Auth" in event["Properties"]
+    }
+    assert opted_out == {(path, '{"Authorizer": "NONE"}') for path in PAGE_PATHS}
 
 
 def test_the_routes_are_the_ones_the_function_serves_plus_the_default_route_for_its_404_and_405() -> None:
@@ -54,7 +60,18 @@ def test_the_routes_are_the_ones_the_function_serves_plus_the_default_route_for_
         for event in FUNCTION["Events"].values()
         if event["Type"] == "HttpApi" and event["Properties"]["ApiId"] == {"Ref": "UsageHttpApi"}
     }
-    assert routes == {("GET", endpoint.template) for endpoint in ENDPOINTS} | {(None, None)}
+    page_routes = {("GET", path) for path in PAGE_PATHS}
+    assert routes == {("GET", endpoint.template) for endpoint in ENDPOINTS} | page_routes | {(None, None)}
+
+
+def test_the_usage_page_may_be_framed_only_by_the_origins_of_a_parameter_none_by_default() -> None:
+    parameter = TEMPLATE["Parameters"]["UsagePageFrameAncestors"]
+    assert parameter["Default"] == ""
+    assert FUNCTION["Environment"]["Variables"]["PAGE_FRAME_ANCESTORS"] == {"Ref": "UsagePageFrameAncestors"}
+    pattern = re.compile(parameter["AllowedPattern"])
+    assert pattern.fullmatch("https://app.example-crm.com,https://*.example-crm.com:8443")
+    for bad in ("https://a.example; script-src *", "*", "http://crm.example", "https://a.example b.example"):
+        assert not pattern.fullmatch(bad), bad
 
 
 def test_the_stage_is_throttled_and_cors_allowed_only_for_the_configured_origins() -> None:

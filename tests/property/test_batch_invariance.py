@@ -307,7 +307,7 @@ def replay(
 
 
 PROPERTY_SETTINGS = settings(
-    max_examples=12,
+    max_examples=8,
     deadline=None,
     derandomize=True,
     database=None,

@@ -80,6 +80,11 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> rsa.RSAPrivateKey:
         ("GET", "/v1/accounts/acc-1/usage", "GET /v1/accounts/{accountId}/usage", {"accountId": "acc-1"}),
         ("GET", "/v1/accounts/acc#1/alerts", "GET /v1/accounts/{accountId}/alerts", {"accountId": "acc#1"}),
         ("GET", "/v1/openapi.json", "GET /v1/openapi.json", {}),
+        ("GET", "/v1/accounts/acc-1/usage/", "GET /v1/accounts/{accountId}/usage", {"accountId": "acc-1"}),
+        ("GET", "/usage-page", "GET /usage-page", {}),
+        ("GET", "/usage-page/", "GET /usage-page", {}),
+        ("GET", "/usage-page/main.js", "GET /usage-page/{asset}", {"asset": "main.js"}),
+        ("GET", "/usage-page/a/main.js", DEFAULT_ROUTE, {}),
         ("POST", "/v1/accounts/acc-1/usage", DEFAULT_ROUTE, {}),
         ("GET", "/v1/accounts/acc-1/everything", DEFAULT_ROUTE, {}),
         ("GET", "/v1/accounts/a/b/usage", DEFAULT_ROUTE, {}),
@@ -97,12 +102,14 @@ def test_a_request_takes_the_route_the_template_declares_and_anything_else_takes
     assert (route.key, path_parameters) == (route_key, parameters)
 
 
-def test_every_route_of_the_usage_api_asks_the_authorizer_for_a_read_scope() -> None:
-    # Given the Usage API's routes, then each is behind the JWT authorizer with the two read scopes
+def test_every_route_of_the_usage_api_asks_the_authorizer_for_a_read_scope_but_the_usage_pages() -> None:
+    # Given the Usage API's routes, then each is behind the JWT authorizer with the two read scopes, except
+    # the usage page and its files, which hold no data and ask for nothing
     assert {route.key for route in ROUTES.routes} >= {"GET /v1/openapi.json", DEFAULT_ROUTE}
+    page_routes = {"GET /usage-page", "GET /usage-page/{asset}"}
     for route in ROUTES.routes:
-        assert route.authorized
-        assert route.scopes == {CUSTOMER_SCOPE, STAFF_SCOPE}
+        assert route.authorized == (route.key not in page_routes), route.key
+        assert route.scopes == (frozenset() if route.key in page_routes else {CUSTOMER_SCOPE, STAFF_SCOPE})
 
 
 def test_routes_prefer_exact_methods_and_paths_and_a_route_without_authorizer_skips_it() -> None:

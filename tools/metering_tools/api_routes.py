@@ -96,7 +96,8 @@ def _route(properties: Mapping[str, Any], api_auth: Mapping[str, Any]) -> Route:
 
 
 def _path_pattern(path: str) -> re.Pattern[str]:
-    """`/v1/accounts/{accountId}/usage` matches one segment for `accountId`; `{proxy+}` takes the rest."""
+    """`/v1/accounts/{accountId}/usage` matches one segment for `accountId`; `{proxy+}` takes the rest. A
+    trailing slash routes as if it were not there (HTTP APIs declare no route ending in one)."""
     pattern = ""
     position = 0
     for parameter in _PARAMETER.finditer(path):
@@ -104,4 +105,4 @@ def _path_pattern(path: str) -> re.Pattern[str]:
         name, greedy = parameter.groups()
         pattern += f"(?P<{name}>.+)" if greedy else f"(?P<{name}>[^/]+)"
         position = parameter.end()
-    return re.compile(pattern + re.escape(path[position:]))
+    return re.compile(pattern + re.escape(path[position:]) + "/?")

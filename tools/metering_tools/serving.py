@@ -297,7 +297,7 @@ def serve(options: ServeOptions) -> None:
         ) from exc
 
     def serve_replayed(run: Simulation) -> None:
-        run.modules[FUNCTION].API.clock = lambda: options.now  # the API answers as of the replay's --now
+        run.module(FUNCTION).API.clock = lambda: options.now  # the API answers as of the replay's --now
         server.gateway = Gateway(routes, authorizer, lambda event: run.invoke(FUNCTION, event))
         loop = threading.Thread(target=server.serve_forever, name="usage-api", daemon=True)
         loop.start()

@@ -144,10 +144,9 @@ class Simulation:
         return dead_letter_at, MAX_RECEIVES_WITH_FAULTS if self.faults is not None else dead_letter_at
 
     def load_functions(self) -> None:
-        """Import each handler module fresh, as a cold start does, with the stack's environment set."""
+        """Start from fresh clients; each handler module is imported fresh at its first invocation, as a cold
+        start does, with the stack's environment set (a function the replay never invokes costs nothing)."""
         aws.reset_clients()
-        for function_name, function in self.functions.items():
-            self.modules[function_name] = function.cold_start()
         self.requests_before = aws.DYNAMODB_REQUESTS.snapshot()
         self.report_client = boto3.client("dynamodb")
         if any(function.config.stream for function in self.functions.values()):
@@ -190,10 +189,16 @@ class Simulation:
         if self.faults is not None:
             self.faults.restart()
 
+    def module(self, function_name: str) -> ModuleType:
+        """The function's current container (its handler module), cold-started when it has none."""
+        if function_name not in self.modules:
+            self.modules[function_name] = self.functions[function_name].cold_start()
+        return self.modules[function_name]
+
     def invoke(self, function_name: str, event: dict[str, Any]) -> Any:
         """Invoke a function as Lambda does: on embedded moto as its own role."""
         self.invocations[function_name] += 1
-        module = self.modules[function_name]
+        module = self.module(function_name)
         handler = module.handler
 
         def instrumented(event: dict[str, Any], context: Any) -> Any:

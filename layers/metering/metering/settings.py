@@ -22,6 +22,16 @@ def _split_csv(value: object) -> object:
 Percentages = Annotated[tuple[Annotated[int, Field(gt=0, le=1000)], ...], BeforeValidator(_split_csv)]
 
 
+FRAME_ANCESTOR_PATTERN = (
+    r"^(https://(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|http://(localhost|127\.0\.0\.1))(:[0-9]{1,5})?$"
+)
+"""An origin a CSP `frame-ancestors` may name: https (any subdomain with `*.`), or http on loopback for a CRM
+developer's machine; nothing that could end the directive or add another."""
+FrameAncestors = Annotated[
+    tuple[Annotated[str, Field(pattern=FRAME_ANCESTOR_PATTERN)], ...], BeforeValidator(_split_csv)
+]
+
+
 def _plan_prices(value: object) -> object:
     return parse_plan_prices(value) if isinstance(value, str) else value
 
@@ -98,3 +108,5 @@ class ApiSettings(_Settings):
     """The JWT claim naming a customer token's account."""
     cursor_secret_arn: str = Field(alias="CURSOR_SECRET_ARN", min_length=1)
     """The secret whose value signs page cursors (read once per container, at the first page)."""
+    page_frame_ancestors: FrameAncestors = Field(alias="PAGE_FRAME_ANCESTORS", default=())
+    """Origins that may frame the usage page (its CSP `frame-ancestors`); none: no site may."""
