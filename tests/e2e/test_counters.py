@@ -97,7 +97,7 @@ def test_records_of_one_period_from_two_shards_are_each_counted_once(metering: M
     assert counted(metering, LARGE) == COUNTER_FROM * 2 + 20
 
 
-@pytest.mark.parametrize("failing_call", ["UpdateItem", "Query"])
+@pytest.mark.parametrize("failing_call", ["BatchGetItem", "UpdateItem", "Query"])
 def test_a_period_whose_counter_cannot_be_written_is_returned_to_the_stream_alone(
     metering: Metering, failing_call: str
 ) -> None:
@@ -108,7 +108,7 @@ def test_a_period_whose_counter_cannot_be_written_is_returned_to_the_stream_alon
     record_contacts(metering, "acc-other", COUNTER_FROM * 2)
     event = metering.next_stream_batch()
     assert event is not None
-    # When every counter write (or the other period's bootstrap scan) keeps failing
+    # When every counter read, every counter write, or the other period's bootstrap scan keeps failing
     outage = [True]
     metering.throttle_dynamodb(lambda operation, _: bool(outage) and operation == failing_call)
     response = metering.invoke("CountContacts", event)

@@ -79,12 +79,11 @@ def count_contacts(
     by_period: dict[PeriodRef, list[StreamedContact]] = defaultdict(list)
     for record in sorted(records, key=_sequence):
         by_period[record.ref].append(record)
-    try:
-        counters = budget.call(lambda: store.counters.read_many(by_period))
-    except StoreUnavailable:
-        outcome.failed.extend(records)
-        return outcome
+    counters, unread = store.counters.read_settled(by_period)
     for ref, period_records in by_period.items():
+        if ref in unread:
+            outcome.failed.extend(period_records)
+            continue
         try:
             counter = counters.get(ref)
             if counter is not None:

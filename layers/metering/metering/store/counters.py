@@ -116,6 +116,14 @@ class Counters:
             for counter in map(decode_counter, self._table.batch_get(map(counter_key, refs), consistent=True))
         }
 
+    def read_settled(
+        self, refs: Iterable[PeriodRef]
+    ) -> tuple[dict[PeriodRef, ContactCounter], set[PeriodRef]]:
+        """`read_many`, and the periods whose counter could not be read (only those must be retried)."""
+        items, unread = self._table.batch_get_settled([counter_key(ref) for ref in refs], consistent=True)
+        counters = {counter.ref: counter for counter in map(decode_counter, items)}
+        return counters, {ref_from_pk(text(key, "pk")) for key in unread}
+
     def scan(self, ref: PeriodRef) -> Scan:
         """Every contact of the period, read consistently, and when the reading started and ended."""
         started = datetime.now(UTC)

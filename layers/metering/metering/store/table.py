@@ -119,14 +119,16 @@ class Table:
             for items in _until_processed(get, unique[offset : offset + BATCH_GET_LIMIT], "BatchGetItem"):
                 yield from items
 
-    def batch_get_settled(self, keys: Sequence[Key]) -> tuple[list[Item], list[Key]]:
-        """`batch_get` chunk by chunk (eventually consistent): the items found, and the keys that could not
-        be read (left unprocessed, or in a call that kept failing): a caller fails only what needed them."""
+    def batch_get_settled(
+        self, keys: Sequence[Key], *, consistent: bool = False
+    ) -> tuple[list[Item], list[Key]]:
+        """`batch_get` chunk by chunk: the items found, and the keys that could not be read (left
+        unprocessed, or in a call that kept failing): a caller fails only what needed them."""
         found: list[Item] = []
         unread: list[Key] = []
         for offset in range(0, len(keys), BATCH_GET_LIMIT):
             try:
-                for item in self.batch_get(keys[offset : offset + BATCH_GET_LIMIT]):
+                for item in self.batch_get(keys[offset : offset + BATCH_GET_LIMIT], consistent=consistent):
                     found.append(item)
             except LeftUnprocessed as exc:
                 unread += exc.entries
