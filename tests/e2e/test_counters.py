@@ -31,7 +31,7 @@ def record_contacts(metering: Metering, account_id: str, count: int, start: int 
 
 
 def counted(metering: Metering, ref: PeriodRef) -> int | None:
-    counter = metering.store.counters.read_many([ref]).get(ref)
+    counter = metering.store.counters.read_settled([ref])[0].get(ref)
     return counter.contacts if counter else None
 
 

@@ -78,7 +78,7 @@ def check_counters(run: Simulation) -> list[CounterCheck]:
         for item in page["Items"]
         if item["sk"]["S"].startswith(CONTACT_PREFIX)
     }
-    counters = store.counters.read_many(periods)
+    counters = store.counters.read_settled(periods)[0]
     return [
         CounterCheck(
             ref,

@@ -25,7 +25,6 @@ from metering.store.counters import (
     Snapshot,
     digest,
     lane_attribute,
-    new_counter,
 )
 
 if TYPE_CHECKING:
@@ -113,7 +112,7 @@ def _bootstrap(
         return False
     snapshot = budget.call(lambda: store.counters.save_snapshot(ref, scan, SNAPSHOT_RELEVANCE))
     unseen = [record for record in records if not _in_snapshot(record, snapshot)]
-    counter = new_counter(ref, len(snapshot), scan.started)
+    counter = ContactCounter(ref, len(snapshot), scan.started)
     _write(store, counter, lane, records, len(unseen), budget, snapshot.until)
     return True
 

@@ -109,17 +109,11 @@ class Counters:
     def __init__(self, table: Table) -> None:
         self._table = table
 
-    def read_many(self, refs: Iterable[PeriodRef]) -> dict[PeriodRef, ContactCounter]:
-        """The counters of `refs` that exist, read consistently: a period read as counterless must be one."""
-        return {
-            counter.ref: counter
-            for counter in map(decode_counter, self._table.batch_get(map(counter_key, refs), consistent=True))
-        }
-
     def read_settled(
         self, refs: Iterable[PeriodRef]
     ) -> tuple[dict[PeriodRef, ContactCounter], set[PeriodRef]]:
-        """`read_many`, and the periods whose counter could not be read (only those must be retried)."""
+        """The counters of `refs` that exist, read consistently (a period read as counterless must be one),
+        and the periods whose counter could not be read (only those must be retried)."""
         items, unread = self._table.batch_get_settled([counter_key(ref) for ref in refs], consistent=True)
         counters = {counter.ref: counter for counter in map(decode_counter, items)}
         return counters, {ref_from_pk(text(key, "pk")) for key in unread}
@@ -223,11 +217,6 @@ class Counters:
         if isinstance(outcome, Conflict):
             return decode_counter(outcome.item) if outcome.item else counter
         return None
-
-
-def new_counter(ref: PeriodRef, base: int, through: datetime) -> ContactCounter:
-    """A counter not stored yet, starting from a bootstrap scan's count."""
-    return ContactCounter(ref, base, through)
 
 
 def decode_counter(item: Item) -> ContactCounter:
