@@ -13,6 +13,8 @@ export SAM_CLI_TELEMETRY := 0
 
 setup: $(INSTALLED)
 
+# The test and bench room (tools/metering_testbench) is importable in this venv through a .pth file, never in the
+# wheel: `pip install .` carries the operator's room only.
 # The runtime packages come at the versions of the lock, the layer's requirements.txt (docs/dependencies.md): pip
 # fails if a dev tool needs other versions. aws-sam-cli pins boto3 exactly, which would then choose the functions'
 # boto3, so it lives in a venv of its own inside .venv, and .venv/bin/sam points to it.
@@ -24,6 +26,7 @@ $(INSTALLED): pyproject.toml $(LOCK) layers/metering/requirements.in tools/requi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --constraint $(LOCK) -e '.[dev]'
+	$(BIN)/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "metering-testbench.pth").write_text("$(CURDIR)/tools\n")'
 	$(PYTHON) -m venv $(SAM_VENV)
 	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli==1.170.0
 	ln -sfn ../sam-cli/bin/sam $(BIN)/sam

@@ -27,11 +27,10 @@ from typing import TYPE_CHECKING, Any
 from metering import aws
 from metering.rules import utc_iso
 from metering.store.codec import EXPIRES, FIRST_EVENT, FIRST_OCCURRED, FIRST_TYPE
-from metering_tools.api_routes import route_table
 from metering_tools.capacity import CapacityMeter
-from metering_tools.provisioning import function_configs, load_template
-from metering_tools.serving import FUNCTION, Gateway, IncomingRequest
+from metering_tools.serving import FUNCTION, Gateway, IncomingRequest, route_table
 from metering_tools.simulate import Simulation, SimulationOptions, simulate
+from metering_tools.template import functions, load_template
 from metering_tools.testkit import ACCOUNT, REGION
 
 if TYPE_CHECKING:
@@ -120,7 +119,7 @@ class MeteredApi:
         self._run = run
         self._tokens = {account: mint(key, TokenRequest(account_id=account)) for account in (SMALL, LARGE)}
         self._gateway = Gateway(
-            route_table(template, function_configs(template)[FUNCTION].logical_id),
+            route_table(functions(template)[FUNCTION].routes),
             LocalAuthorizer.of(key),
             self._invoke,
         )

@@ -35,11 +35,10 @@ from metering.fields import PlanName
 from metering.retrying import RetryBudget
 from metering.rules import Subscription
 from metering.store import MeteringStore
-from metering_tools import capacity
-from metering_tools.naive import FAKE_CREDENTIALS
-from metering_tools.provisioning import function_environment, load_template, provision
-from metering_tools.testkit import LocalFunction, answered, local_functions, sqs_event
-from moto import mock_aws
+from metering_tools.embedded_moto import embedded_aws
+from metering_tools.local_stack import function_environment, provision
+from metering_tools.template import load_template
+from metering_tools.testkit import REGION, LocalFunction, answered, local_functions, sqs_event
 
 PERIOD = "2026-10"
 AS_OF = "2026-11-02T00:00:00Z"
@@ -89,7 +88,7 @@ def seed_accounts(store: MeteringStore, accounts: int) -> None:
     ]
     for start in range(0, len(changes), 1000):
         store.subscriptions.save(changes[start : start + 1000], RetryBudget.single_try())
-    store.close_states.open(PERIOD)
+    store.seals.open(PERIOD)
 
 
 def requests_in_batches(path: Path, size: int) -> Iterator[list[str]]:
@@ -195,17 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=10_000)
     args = parser.parse_args(argv)
     template = load_template()
-    os.environ.update(FAKE_CREDENTIALS)
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "ERROR")
     with (
-        mock_aws(),
-        capacity.moto_partition_queries(),
+        embedded_aws(REGION),
         tempfile.TemporaryDirectory(prefix="bench-close-") as folder,
         open(os.devnull, "w") as discarded,
         contextlib.redirect_stdout(discarded),
     ):
         suffix = uuid.uuid4().hex[:8]
-        stack = provision(f"metering-bench-{suffix}", f"bench-claims-{suffix}", template)
+        stack = provision(f"bench-{suffix}", f"bench-claims-{suffix}", template)
         os.environ.update(function_environment(stack, template))
         os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
         functions = local_functions(stack, template)

@@ -12,22 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from metering_tools.provisioning import LocalStack, function_configs, function_environment
+from metering_tools.local_stack import LocalStack, function_environment
+from metering_tools.template import functions
 
 REPO = Path(__file__).resolve().parents[1]
-HANDLERS = tuple(config.code_folder for config in function_configs().values())
+HANDLERS = tuple(config.code_folder for config in functions().values())
 """Every function of the template, by its folder under `functions/`."""
-QUEUES = "https://sqs.eu-central-1.amazonaws.com/123456789012"
-BENCH_STACK = LocalStack(
-    "metering-bench",
-    f"{QUEUES}/metering-bench-fanout",
-    f"{QUEUES}/metering-bench-close",
-    "metering-bench",
-    "",
-    f"{QUEUES}/metering-bench-activity",
-)
+BENCH_STACK = LocalStack.named("bench", "", region="eu-central-1")
 ENVIRONMENT = {"AWS_DEFAULT_REGION": "eu-central-1", **function_environment(BENCH_STACK)}
-"""What the functions read at import, as the template sets it for a stack named like the bench's table."""
+"""What the functions read at import, as the template sets it for a stack of stage `bench`."""
 TIMER = """
 import sys, time
 sys.path[:0] = {paths!r}

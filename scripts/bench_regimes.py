@@ -1,12 +1,12 @@
 """Benchmark what metering costs, as AWS bills it, across the regimes a customer base produces (SPEC §6).
 
 `bench_simulate.py` measures one month of about thirty accounts replayed in full batches. This replays the
-scenarios of `metering_tools.regimes` (30, 300 and 3,000 accounts per 40,000 events; with `--large` also
+scenarios of `scripts/regimes.py` (30, 300 and 3,000 accounts per 40,000 events; with `--large` also
 10,000 accounts, a 100,000-contact claim-checked rename and a burst of 5,000 events a second) through the
 real handlers on embedded moto (`metering simulate`), each with full batches and with live-traffic batches
-of 10 where it applies, and the same events through SPEC §6's naive recorder (`metering_tools.naive`). Both
-are measured by the same capacity meter (`metering_tools.capacity`), which charges every DynamoDB call the
-read and write units of the item sizes involved.
+of 10 where it applies, and the same events through SPEC §6's naive recorder (`metering_testbench.naive`).
+Both are measured by the same capacity meter (`metering_tools.capacity`), which charges every DynamoDB call
+the read and write units of the item sizes involved.
 
 For each regime it prints `name: value` lines: distinct activations, DynamoDB cost per activation in
 write-unit equivalents with writes and reads itemised by code path, RecordActivity invocations per 1,000
@@ -36,15 +36,18 @@ from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 from botocore.client import BaseClient
-from metering_tools import capacity, regimes
-from metering_tools.naive import NaiveRun, replay_naive
-from metering_tools.provisioning import STACK_ROOT, LocalStack, load_template
+from metering_testbench.naive import NaiveRun, replay_naive
+from metering_tools import capacity
+from metering_tools.local_stack import LocalStack
 from metering_tools.simulate import SimulationOptions, simulate
+from metering_tools.template import functions, load_template
+from metering_tools.testkit import FUNCTIONS_DIR
 
 if TYPE_CHECKING:
-    from scripts import bench_simulate
+    from scripts import bench_simulate, regimes
 else:  # run as `python scripts/bench_regimes.py`: its folder is first on sys.path
     import bench_simulate
+    import regimes
 
 
 # ---- prices: one table, one region ----
@@ -105,15 +108,16 @@ class FunctionSpec:
 
 
 def template_functions(template: Mapping[str, Any]) -> list[FunctionSpec]:
+    """Every function of the template; its memory is its own `MemorySize`, else the Globals' (which
+    `FunctionConfig` does not carry)."""
     default_memory = int(template["Globals"]["Function"]["MemorySize"])
     return [
         FunctionSpec(
-            logical_id.removesuffix("Function"),
-            STACK_ROOT / resource["Properties"]["CodeUri"] / "app.py",
-            int(resource["Properties"].get("MemorySize", default_memory)),
+            config.name,
+            FUNCTIONS_DIR / config.code_folder / "app.py",
+            int(template["Resources"][config.logical_id]["Properties"].get("MemorySize", default_memory)),
         )
-        for logical_id, resource in template["Resources"].items()
-        if resource["Type"] == "AWS::Serverless::Function"
+        for config in functions(template).values()
     ]
 
 

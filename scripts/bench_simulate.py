@@ -26,18 +26,15 @@ else:  # run as `python scripts/bench_simulate.py`: its folder is first on sys.p
     import generate_sample_month as generator
 
 WRITE_ITEMS = ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem")
-TRANSACTION_ITEMS = ("TransactWriteItems",)
 READ_ITEMS = ("GetItem", "BatchGetItem", "Query", "Scan")
 RRU_PER_READ_ITEM = 0.5
 RRU_PER_WRU = 5
-WRU_PER_TRANSACTION_ITEM = 2
 
 
 def write_units(items: Mapping[str, int]) -> int:
-    """Write-request units: 1 per item written (failed conditions included), 2 per item in a transaction."""
-    return sum(items.get(name, 0) for name in WRITE_ITEMS) + WRU_PER_TRANSACTION_ITEM * sum(
-        items.get(name, 0) for name in TRANSACTION_ITEMS
-    )
+    """Write-request units: 1 per item written (failed conditions included; the functions issue no
+    transaction)."""
+    return sum(items.get(name, 0) for name in WRITE_ITEMS)
 
 
 def read_units_as_writes(items: Mapping[str, int]) -> float:

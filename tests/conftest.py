@@ -1,6 +1,6 @@
 """Hermetic test setup: fake credentials, region and the functions' settings are set here, before any test
 module (and so any handler) is imported; every end-to-end test gets its own moto stack built from
-`template.yaml` by `metering_tools.provisioning.provision`, and runs each function as its template role.
+`template.yaml` by `metering_tools.local_stack.provision`, and runs each function as its template role.
 
 The functions' variables are the ones the template sets, resolved for a stand-in stack until a test
 provisions its own; only the settings below deviate from the template, each for its reason."""
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 
-from metering_tools.provisioning import LocalStack, function_environment, load_template
+from metering_tools.local_stack import LocalStack, function_environment
+from metering_tools.template import load_template
 from metering_tools.testkit import ACCOUNT, REGION
 
 from tests.aws_env import FAKE_AWS
@@ -24,15 +25,7 @@ TEST_SETTINGS = {
     "POWERTOOLS_LOG_LEVEL": "ERROR",
     "POWERTOOLS_TRACE_DISABLED": "true",
 }
-_QUEUES = f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}"
-STAND_IN = LocalStack(
-    "metering-unit",
-    f"{_QUEUES}/metering-unit-fanout",
-    f"{_QUEUES}/metering-unit-close",
-    "metering-unit",
-    "metering-unit-claim-checks",
-    f"{_QUEUES}/metering-unit-activity",
-)
+STAND_IN = LocalStack.named("unit", "metering-unit-claim-checks", TEMPLATE, region=REGION, account_id=ACCOUNT)
 """Names for the handler modules imported before a test provisions a stack (unit tests, collection)."""
 
 HERMETIC_ENVIRONMENT = {**FAKE_AWS, **function_environment(STAND_IN, TEMPLATE), **TEST_SETTINGS}
@@ -48,9 +41,9 @@ from collections.abc import Iterator
 
 import pytest
 from metering import aws
-from metering_tools.provisioning import provision
-from metering_tools.roles import FunctionIdentities, StackRoles, stack_roles
-from metering_tools.testkit import RoleGuard, simulated_waits
+from metering_tools.local_stack import provision
+from metering_tools.roles import FunctionIdentities, RoleGuard, StackRoles, stack_roles
+from metering_tools.testkit import simulated_waits
 from moto import mock_aws
 
 from tests.harness import Metering
@@ -63,7 +56,7 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalStack]:
     with mock_aws(), simulated_waits():
         aws.reset_clients()
         suffix = uuid.uuid4().hex[:10]
-        local = provision(f"metering-test-{suffix}", f"metering-claims-{suffix}", TEMPLATE)
+        local = provision(f"test-{suffix}", f"metering-claims-{suffix}", TEMPLATE)
         for name, value in local.environment(TEMPLATE).items():
             monkeypatch.setenv(name, value)
         yield local
@@ -79,9 +72,7 @@ def roles(stack: LocalStack) -> StackRoles:
 @pytest.fixture
 def identities(roles: StackRoles, stack: LocalStack) -> Iterator[FunctionIdentities]:
     """One identity per function, created before IAM authentication is turned on, then enforced."""
-    created = FunctionIdentities.create(
-        roles.policies, region=roles.resources.region, prefix=stack.table_name
-    )
+    created = FunctionIdentities.create(roles.policies, region=roles.stack.region, prefix=stack.table_name)
     with created.enforced():
         yield created
 

@@ -1,5 +1,5 @@
 """A local copy of the stack (moto) with the three functions loaded, driven the way AWS drives them: each
-function invoked as the IAM role its `template.yaml` entry names (`testkit.RoleGuard`), with the template's
+function invoked as the IAM role its `template.yaml` entry names (`roles.RoleGuard`), with the template's
 batch sizes and timeouts."""
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from metering.model import AlertRecord, PeriodRef
 from metering.store import MeteringStore
 from metering.store.alerts import Alerts
 from metering.store.keys import ALERTS_SK, CONTACT_PREFIX, INVOICE_SK, REJECTED_PREFIX, period_pk
-from metering_tools.provisioning import LocalStack, StreamSource
+from metering_tools.local_stack import LocalStack
 from metering_tools.reports import read_report
-from metering_tools.roles import Handler
+from metering_tools.roles import Handler, RoleGuard
+from metering_tools.template import StreamSource
 from metering_tools.testkit import (
     DeliveredMessages,
     LocalFunction,
-    RoleGuard,
     TableStream,
     answered,
     local_functions,
@@ -64,9 +64,8 @@ class Metering:
         caller entered `guard.enforced()`), and a queue capturing what they publish. On exit it fails if a
         function made a call its role does not grant (resource ARNs included): AWS would refuse it."""
         yield cls(stack, guard, local_functions(stack, template), add_capture_queue(stack))
-        ungranted = guard.ungranted()
-        if ungranted:
-            pytest.fail("\n".join(found.describe() for found in ungranted), pytrace=False)
+        if refused := guard.refusals():
+            pytest.fail(refused, pytrace=False)
 
     @property
     def store(self) -> MeteringStore:

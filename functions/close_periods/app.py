@@ -6,14 +6,14 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from metering import gateways
-from metering.closing import ScheduledRun, run_close
 from metering.observability import (
     dynamodb_request_metrics,
-    emit_close_run_metrics,
+    emit_sealing_metrics,
     logger,
     metrics,
     surfaced_faults,
 )
+from metering.sealing import ScheduledRun, seal_and_hand_over
 from metering.settings import CloseSettings
 from metering.store import MeteringStore
 
@@ -26,8 +26,10 @@ STORE = MeteringStore(SETTINGS.table_name)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     run = ScheduledRun.model_validate(event)
     with dynamodb_request_metrics(), surfaced_faults():
-        result = run_close(run, STORE, SETTINGS, lambda: context.get_remaining_time_in_millis() / 1000)
+        result = seal_and_hand_over(
+            run, STORE, SETTINGS, lambda: context.get_remaining_time_in_millis() / 1000
+        )
         if result.handed_over:
             gateways.invoke_async(context.invoked_function_arn, json.dumps(event))
-    emit_close_run_metrics(run, result)
+    emit_sealing_metrics(run, result)
     return result.response(run)

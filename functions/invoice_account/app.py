@@ -3,12 +3,12 @@
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from metering.closing import close_batch
-from metering.intake import InboundRecord
+from metering.billing import bill_batch
+from metering.message_parsing import InboundRecord
 from metering.observability import (
     batch_item_failures,
     dynamodb_request_metrics,
-    emit_close_batch_metrics,
+    emit_billing_metrics,
     logger,
     metrics,
     surfaced_faults,
@@ -23,10 +23,8 @@ STORE = MeteringStore(SETTINGS.table_name)
 @logger.inject_lambda_context
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    messages = [
-        InboundRecord(message_id=record["messageId"], body=record["body"]) for record in event["Records"]
-    ]
+    messages = [InboundRecord.of_sqs(record) for record in event["Records"]]
     with dynamodb_request_metrics(), surfaced_faults():
-        batch = close_batch(messages, STORE, SETTINGS)
-    emit_close_batch_metrics(batch)
-    return batch_item_failures(batch.failed_message_ids)
+        batch = bill_batch(messages, STORE, SETTINGS)
+    emit_billing_metrics(batch)
+    return batch_item_failures(batch.retried_message_ids)

@@ -3,7 +3,7 @@
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from metering.intake import InboundRecord
+from metering.message_parsing import InboundRecord
 from metering.observability import (
     batch_item_failures,
     dynamodb_request_metrics,
@@ -21,23 +21,13 @@ SETTINGS = RecorderSettings.from_env()
 RECORDER = Recorder(
     SETTINGS, MeteringStore(SETTINGS.table_name, write_concurrency=SETTINGS.write_concurrency)
 )
-FAN_OUT_QUEUE_SUFFIX = ":" + SETTINGS.fanout_queue_url.rstrip("/").rsplit("/", 1)[-1]
-
-
-def inbound(record: dict[str, Any]) -> InboundRecord:
-    return InboundRecord(
-        message_id=record["messageId"],
-        body=record["body"],
-        from_fan_out=str(record.get("eventSourceARN", "")).endswith(FAN_OUT_QUEUE_SUFFIX),
-        attempt=int(record.get("attributes", {}).get("ApproximateReceiveCount", 1)),
-        receipt_handle=record["receiptHandle"],
-    )
+FAN_OUT_QUEUE_NAME = SETTINGS.fanout_queue_url.rstrip("/").rsplit("/", 1)[-1]
 
 
 @logger.inject_lambda_context
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    records = [inbound(record) for record in event["Records"]]
+    records = [InboundRecord.of_sqs(record, FAN_OUT_QUEUE_NAME) for record in event["Records"]]
     budget = RetryBudget.for_invocation(context.get_remaining_time_in_millis() / 1000)
     with dynamodb_request_metrics(), surfaced_faults():
         outcome = RECORDER.record(records, budget)

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from metering_tools.provisioning import LocalStack, function_environment, load_template, provision
+from metering_tools.local_stack import LocalStack, function_environment, provision
+from metering_tools.template import load_template
 
 from tests.aws_env import FAKE_AWS
 from tests.harness import add_capture_queue
@@ -64,7 +65,7 @@ def server_stack(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> ServerS
     for name, value in {**LOCAL_AWS, "AWS_ENDPOINT_URL": moto_endpoint}.items():
         monkeypatch.setenv(name, value)
     suffix = uuid.uuid4().hex[:10]
-    stack = provision(f"metering-conc-{suffix}", f"metering-conc-claims-{suffix}", TEMPLATE)
+    stack = provision(f"conc-{suffix}", f"metering-conc-claims-{suffix}", TEMPLATE)
     capture = add_capture_queue(stack)
     environment = {
         **LOCAL_AWS,

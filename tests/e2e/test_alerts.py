@@ -20,7 +20,7 @@ from metering.observability import metrics
 from metering.retrying import CLOCK
 from metering.store import keys
 from metering.store.alerts import TALLY, Alerts
-from metering_tools.provisioning import LocalStack
+from metering_tools.local_stack import LocalStack
 from metering_tools.testkit import sqs_event
 from moto.core.botocore_stubber import BotocoreStubber
 

@@ -2,7 +2,8 @@
 replayed by `simulate` and on the paths the month does not take (the SNS copy of a usage alert, a close run
 handing over to a new invocation, the Usage API read on every route), is granted by the role its
 `template.yaml` entry names, resource ARNs included; and every grant is used, by a call or by AWS on the
-function's behalf (`roles.ON_BEHALF_USES`), or kept for the reason written in KEPT_UNUSED."""
+function's behalf (`metering_testbench.census.ON_BEHALF_USES`), or kept for the reason written in
+KEPT_UNUSED."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from datetime import UTC, datetime
 
 import boto3
 import pytest
-from metering_tools.provisioning import LocalStack, load_template
-from metering_tools.roles import CensusTally, Findings, function_roles
-from metering_tools.simulate import SimulationOptions, simulate
-from metering_tools.testkit import RoleGuard
+from metering_testbench.census import CensusTally, Findings
+from metering_tools.local_stack import LocalStack
+from metering_tools.roles import RoleGuard
+from metering_tools.simulate import Simulation, SimulationOptions, simulate
+from metering_tools.template import functions, load_template
 
 from tests.api.conftest import UsageApiClient, staff
 from tests.harness import Metering
@@ -47,9 +49,9 @@ def contacts_counted_in_two_stream_batches(metering: Metering) -> None:
 def usage_alert_copied_to_sns(metering: Metering, guard: RoleGuard, monkeypatch: pytest.MonkeyPatch) -> None:
     """RecordActivity deployed with the usage-alert topic (named as the template names it), an account
     crossing 80 % of its allowance."""
-    topic = guard.roles.resources.attributes["UsageAlertTopic"]["TopicName"]
+    topic = guard.roles.resolver.attributes["UsageAlertTopic"]["TopicName"]
     topic_arn = boto3.client("sns").create_topic(Name=topic)["TopicArn"]
-    assert topic_arn == guard.roles.resources.refs["UsageAlertTopic"]
+    assert topic_arn == guard.roles.resolver.refs["UsageAlertTopic"]
     monkeypatch.setenv("USAGE_ALERT_TOPIC_ARN", topic_arn)
     metering.cold_start()
     metering.record_events([subscription_changed("acc-census", "start", "2026-09-01T00:00:00Z")])
@@ -101,7 +103,12 @@ def test_every_call_is_granted_and_every_grant_is_used_or_kept_for_a_reason(
 ) -> None:
     # Given the sample month replayed by simulate, each function as its role
     tally = CensusTally()
-    report = simulate(SimulationOptions(events_path=SAMPLE_MONTH, now=NOW), census=tally)
+
+    def tally_replay(run: Simulation) -> None:
+        assert run.guard is not None, "simulate on embedded moto runs each function as its role"
+        tally.add(run.guard)
+
+    report = simulate(SimulationOptions(events_path=SAMPLE_MONTH, now=NOW), after_replay=tally_replay)
     assert report["invoices"]
     assert report["stats"]["invocations"].keys() == {
         "RecordActivity",
@@ -116,13 +123,13 @@ def test_every_call_is_granted_and_every_grant_is_used_or_kept_for_a_reason(
         close_handed_over(metering, monkeypatch)
         usage_read_through_the_api(metering)
         contacts_counted_in_two_stream_batches(metering)
-    tally.add(guard.roles, guard.census)
+    tally.add(guard)
 
     # When the census of both is checked against the roles
     findings = tally.findings()
 
     # Then every function was invoked, and none made a call its role does not grant
-    assert findings.keys() == set(function_roles(TEMPLATE))
+    assert findings.keys() == set(functions(TEMPLATE))
     ungranted = [found for found in findings.values() if found.ungranted]
     assert ungranted == [], described(ungranted)
     # And every grant is used, by a call or by AWS for the function, unless kept for its written reason

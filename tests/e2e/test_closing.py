@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from botocore.awsrequest import AWSResponse
-from metering.model import ServiceMisconfigured
+from metering.errors import ServiceMisconfigured
 from metering_tools.roles import Call, Handler
 from metering_tools.testkit import answered
 

@@ -7,7 +7,6 @@ batch failure of the records it hit. A claim-check object that does not exist is
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -18,9 +17,9 @@ from typing import Any
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse, HTTPHeaders
-from metering.model import ServiceMisconfigured
+from metering.errors import ServiceMisconfigured
 from metering.observability import logger, metrics
-from metering_tools.provisioning import LocalStack, load_template
+from metering_tools.local_stack import LocalStack
 from metering_tools.roles import (
     Call,
     FunctionIdentities,
@@ -30,6 +29,7 @@ from metering_tools.roles import (
     moto_policy_document,
     stack_roles,
 )
+from metering_tools.template import load_template
 
 from tests.harness import Metering
 from tests.helpers import contact_events, contact_ids, failed_ids, load_event, redelivery, sqs_event
@@ -390,17 +390,16 @@ def test_a_configured_claim_check_key_lets_the_role_decrypt_with_that_key_only_t
     stack: LocalStack, roles: StackRoles
 ) -> None:
     # Given the template deployed with ClaimCheckKmsKeyArn naming a producer's key
-    template = copy.deepcopy(TEMPLATE)
-    template["Parameters"]["ClaimCheckKmsKeyArn"]["Default"] = PRODUCER_KEY
+    deployed = dataclasses.replace(stack, parameters={"ClaimCheckKmsKeyArn": PRODUCER_KEY})
 
     # When RecordActivity's role is resolved for the stack
-    policy = stack_roles(template, stack).policies[FUNCTION]
+    policy = stack_roles(TEMPLATE, deployed).policies[FUNCTION]
 
     # Then it may decrypt with that key, when S3 asks for it, and with no other key; without the parameter
     # the role has no such grant
     decision = evaluate(policy, Call("kms:Decrypt", PRODUCER_KEY))
     assert decision.allowed_by == ("DecryptClaimChecks",)
-    region = roles.resources.region
+    region = roles.stack.region
     assert decision.conditions == (
         'Allow DecryptClaimChecks: {"StringEquals": {"kms:ViaService": "s3.' + region + '.amazonaws.com"}}',
     )

@@ -17,9 +17,11 @@ from metering import aws
 from metering.model import PeriodRef
 from metering.store import keys
 from metering_tools import cli
+from metering_tools.local_stack import LocalStack, provision
 from metering_tools.operations import list_rejected, replay_rejected
-from metering_tools.provisioning import LocalStack, load_template, provision
-from metering_tools.testkit import RoleGuard, sqs_event, sqs_record
+from metering_tools.roles import RoleGuard
+from metering_tools.template import load_template
+from metering_tools.testkit import sqs_event, sqs_record
 from moto import mock_aws
 
 from tests.harness import Metering
@@ -260,7 +262,7 @@ def corpus_metering() -> Iterator[Metering]:
     with pytest.MonkeyPatch.context() as patch, mock_aws():
         aws.reset_clients()
         suffix = uuid.uuid4().hex[:10]
-        local = provision(f"metering-hostile-{suffix}", f"metering-hostile-claims-{suffix}", TEMPLATE)
+        local = provision(f"hostile-{suffix}", f"metering-hostile-claims-{suffix}", TEMPLATE)
         for name, value in local.environment(TEMPLATE).items():
             patch.setenv(name, value)
         guard = RoleGuard.install(TEMPLATE, local)

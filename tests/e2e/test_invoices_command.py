@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from metering_tools import cli
-from metering_tools.provisioning import LocalStack
+from metering_tools.local_stack import LocalStack
 from moto.server import ThreadedMotoServer
 
 from tests.harness import Metering

@@ -9,11 +9,12 @@ from typing import Any
 
 import boto3
 import pytest
-from metering.model import PeriodRef, StoreUnavailable
+from metering.errors import StoreUnavailable
+from metering.model import PeriodRef
 from metering.store.alerts import Alerts
 from metering.store.contacts import Contacts, FoundActive
 from metering.store.rejections import Rejections
-from metering_tools.provisioning import LocalStack
+from metering_tools.local_stack import LocalStack
 from metering_tools.testkit import sqs_event, sqs_record
 
 from tests.harness import Metering

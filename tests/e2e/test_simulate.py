@@ -12,11 +12,11 @@ from typing import Any
 
 import boto3
 import pytest
-from metering.model import StoreUnavailable
+from metering.errors import StoreUnavailable
 from metering.rules import Subscription
 from metering.store.subscriptions import Subscriptions
 from metering_tools import cli
-from metering_tools.provisioning import LocalStack
+from metering_tools.local_stack import LocalStack
 from metering_tools.simulate import SimulationOptions, simulate
 from moto.server import ThreadedMotoServer
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from metering.model import PeriodRef, StoreUnavailable
+from metering.errors import StoreUnavailable
+from metering.model import PeriodRef
 from metering.store import MeteringStore
 from metering.store.table import Table
 

@@ -25,19 +25,17 @@ from metering.model import PeriodRef
 from metering.store import MeteringStore
 from metering.store.keys import CONTACT_PREFIX, ref_from_pk
 from metering.usage_view import OUTRIGHT_LIMIT
-from metering_tools.provisioning import function_configs, load_template
-from metering_tools.regimes import hot_rename, many_accounts
 from metering_tools.simulate import Simulation, SimulationOptions, simulate
+from metering_tools.template import functions, load_template
 
 from scripts import generate_sample_month as sample_month
+from scripts import regimes
 
 pytestmark = pytest.mark.slow
 
 NOW = datetime(2026, 11, 2, tzinfo=UTC)
 BILLED_SECTIONS = ("invoices", "usage", "alerts", "rejected", "late")
-MAX_RECEIVE_COUNT = (
-    function_configs(load_template())["RecordActivity"].sources["ActivityQueue"].max_receive_count
-)
+MAX_RECEIVE_COUNT = functions(load_template())["RecordActivity"].sources["ActivityQueue"].max_receive_count
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +45,8 @@ class Shape:
 
 
 SHAPES = (
-    Shape("many accounts per batch", many_accounts(300, events=5_000)),
-    Shape("one hot account", hot_rename(contacts=1_500)),
+    Shape("many accounts per batch", regimes.many_accounts(300, events=5_000)),
+    Shape("one hot account", regimes.hot_rename(contacts=1_500)),
     Shape("month edges", lambda seed: sample_month.build_month(4_000, seed, 2026, 10, rename_contacts=1_500)),
 )
 RUNS = (

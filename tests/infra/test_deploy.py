@@ -15,15 +15,14 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from botocore.parsers import ResponseParserError
-from metering_tools.cloudformation import (
+from metering_testbench.moto_deploy import (
     DROPPED_FOR_MOTO,
     S3Location,
-    load_sam_template,
     moto_template,
     resolve_language_extensions,
     upload_placeholder_package,
 )
-from metering_tools.templates import UnsupportedTemplateError
+from metering_tools.template import UnsupportedTemplateError, expand, load_template, parse_template
 from moto import mock_aws
 
 from tests.helpers import EVENTS_DIR, REGION
@@ -56,7 +55,7 @@ LEFT_OUT_BY_TYPE = {
     "UsageApiThrottledRequests": "AWS::Logs::MetricFilter",
 } | {
     name: "AWS::CloudWatch::Alarm"
-    for name, resource in load_sam_template()["Resources"].items()
+    for name, resource in load_template()["Resources"].items()
     if resource["Type"] == "AWS::CloudWatch::Alarm"
 }
 # ... and what refers to something left out, which CloudFormation would reject.
@@ -132,7 +131,7 @@ def put_event(bus: str, envelope: dict[str, Any]) -> None:
 @pytest.mark.parametrize(("stage", "policy"), [("dev", "Delete"), ("staging", "Delete"), ("prod", "Retain")])
 def test_only_prod_keeps_the_table_when_its_stack_is_deleted(stage: str, policy: str) -> None:
     # When AWS::LanguageExtensions decides the table's policies for the stage
-    table = resolve_language_extensions(load_sam_template(), {"Stage": stage})["Resources"]["MeteringTable"]
+    table = resolve_language_extensions(load_template(), {"Stage": stage})["Resources"]["MeteringTable"]
     # Then prod retains the table and its data, dev and staging delete it with their stack
     assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == (policy, policy)
     # And the table keeps its fixed name, which the tools and runbook use
@@ -140,12 +139,12 @@ def test_only_prod_keeps_the_table_when_its_stack_is_deleted(stage: str, policy:
 
 
 def test_a_language_extension_not_resolved_here_is_refused() -> None:
-    # Given the template with an Fn::Length, which a later change may add
-    template = load_sam_template()
-    template["Resources"]["ActivityQueue"]["Properties"]["DelaySeconds"] = {"Fn::Length": [1, 2]}
-    # When its language extensions are resolved, then it is refused, naming the construct and where it is
-    with pytest.raises(UnsupportedTemplateError, match=r"Fn::Length at template\.Resources\.ActivityQueue"):
-        resolve_language_extensions(template, DEV)
+    # Given the template as written with an Fn::Length, which a later change may add
+    template = parse_template()
+    template["Resources"]["MeteringTable"]["Properties"]["TableClass"] = {"Fn::Length": [1, 2]}
+    # When it is read as CloudFormation creates it, then it is refused, naming the construct and where it is
+    with pytest.raises(UnsupportedTemplateError, match=r"Fn::Length at template\.Resources\.MeteringTable"):
+        expand(template)
 
 
 # ---- the deployment ----

@@ -5,57 +5,38 @@ event)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import boto3
 import pytest
-from metering_tools.cloudformation import (
-    S3Location,
-    load_sam_template,
-    point_code_at,
-    resolve_language_extensions,
-)
-from metering_tools.provisioning import (
-    LocalStack,
-    function_configs,
-    function_environment,
-    load_template,
-)
+from metering_testbench.moto_deploy import S3Location, point_code_at, resolve_language_extensions
+from metering_tools.local_stack import LocalStack, function_environment
+from metering_tools.template import Resolver, functions, load_template, parameter_values, target
 from samtranslator.parser.parser import Parser  # type: ignore[import-untyped]
 from samtranslator.translator.translator import Translator  # type: ignore[import-untyped]
 
 TEMPLATE = load_template()
 REGION = "eu-central-1"
-QUEUES = f"https://sqs.{REGION}.amazonaws.com/123456789012"
-STACK = LocalStack(
-    "metering-test-config",
-    f"{QUEUES}/metering-test-config-fanout",
-    f"{QUEUES}/metering-test-config-close",
-    "crm-bus",
-    "crm-claim-checks",
-    f"{QUEUES}/metering-test-config-activity",
-)
+_NAMED = LocalStack.named("test-config", "crm-claim-checks", TEMPLATE, region=REGION)
+STACK = dataclasses.replace(_NAMED, names={**_NAMED.names, "EventBus": "crm-bus"})
+"""A local stack deployed with the CRM's bus (`EventBusName: crm-bus`) and a claim-check bucket."""
 PARAMETERS = {"Stage": "dev"}
+DEFAULTS = Resolver(TEMPLATE)
+"""The template's parameter defaults, for the translated template's references to them."""
 
 
 @pytest.fixture(scope="module")
 def translated() -> dict[str, Any]:
     """The template as CloudFormation receives it from SAM's transform, for the default parameters."""
-    template = resolve_language_extensions(load_sam_template(), PARAMETERS)
+    template = resolve_language_extensions(load_template(), PARAMETERS)
     point_code_at(template, S3Location("bucket", "package.zip"))
     translator = Translator(None, Parser(), plugins=[], boto_session=boto3.Session(region_name=REGION))
     resources: dict[str, Any] = translator.translate(
         template, parameter_values=dict(PARAMETERS), get_managed_policy_map=dict
     )["Resources"]
     return resources
-
-
-def default(value: Any) -> int:
-    """A literal, or the default of the parameter it refers to."""
-    if isinstance(value, dict) and set(value) == {"Ref"}:
-        return int(TEMPLATE["Parameters"][value["Ref"]]["Default"])
-    return int(value)
 
 
 def of_function(resources: dict[str, Any], kind: str, function_id: str) -> list[dict[str, Any]]:
@@ -73,7 +54,7 @@ def test_timeouts_environment_names_and_retries_are_the_translated_functions(
     resources = translated
 
     # When the functions' configuration is read from the template
-    configs = function_configs(TEMPLATE)
+    configs = functions(TEMPLATE)
 
     # Then each function has the timeout and the variable names of its translated Lambda function (Globals
     # merged), and the asynchronous retries of its invoke configuration (Lambda's default of 2 otherwise)
@@ -94,25 +75,24 @@ def test_batch_sizes_windows_and_receive_limits_are_the_event_source_mappings_an
     resources = translated
 
     # When the functions' queues are read from the template
-    configs = function_configs(TEMPLATE)
+    configs = functions(TEMPLATE)
 
     # Then each SQS source is one event source mapping of its function: same queue, batch size and batching
     # window (parameter defaults resolved), and its receive limit is its queue's redrive policy
     for config in configs.values():
-        mappings = [
-            mapping
+        sources = {
+            consumed[0]: mapping
             for mapping in of_function(resources, "AWS::Lambda::EventSourceMapping", config.logical_id)
-            if resources[mapping["EventSourceArn"]["Fn::GetAtt"][0]]["Type"] == "AWS::SQS::Queue"
-        ]
+            if (consumed := target(mapping["EventSourceArn"])) is not None
+            and resources[consumed[0]]["Type"] == "AWS::SQS::Queue"
+        }
         expected = {
-            mapping["EventSourceArn"]["Fn::GetAtt"][0]: (
-                default(mapping["BatchSize"]),
-                default(mapping.get("MaximumBatchingWindowInSeconds", 0)),
-                resources[mapping["EventSourceArn"]["Fn::GetAtt"][0]]["Properties"]["RedrivePolicy"][
-                    "maxReceiveCount"
-                ],
+            queue: (
+                DEFAULTS.number(mapping["BatchSize"]),
+                DEFAULTS.number(mapping.get("MaximumBatchingWindowInSeconds", 0)),
+                resources[queue]["Properties"]["RedrivePolicy"]["maxReceiveCount"],
             )
-            for mapping in mappings
+            for queue, mapping in sources.items()
         }
         read = {
             queue: (source.batch_size, source.batching_window_seconds, source.max_receive_count)
@@ -122,17 +102,18 @@ def test_batch_sizes_windows_and_receive_limits_are_the_event_source_mappings_an
     [stream] = [
         mapping
         for mapping in of_function(resources, "AWS::Lambda::EventSourceMapping", "CountContactsFunction")
-        if mapping["EventSourceArn"] == {"Fn::GetAtt": ["MeteringTable", "StreamArn"]}
+        if target(mapping["EventSourceArn"]) == ("MeteringTable", "StreamArn")
     ]
     source = configs["CountContacts"].stream
     assert source is not None
-    assert source.batch_size == default(stream["BatchSize"])
+    assert source.batch_size == DEFAULTS.number(stream["BatchSize"])
     patterns = [json.loads(entry["Pattern"]) for entry in stream["FilterCriteria"]["Filters"]]
     assert patterns == list(source.patterns)
     activity = configs["RecordActivity"].sources["ActivityQueue"]
+    defaults = parameter_values(TEMPLATE)
     assert (activity.batch_size, activity.batching_window_seconds) == (
-        int(TEMPLATE["Parameters"]["ActivityBatchSize"]["Default"]),
-        int(TEMPLATE["Parameters"]["ActivityBatchWindowSeconds"]["Default"]),
+        int(defaults["ActivityBatchSize"]),
+        int(defaults["ActivityBatchWindowSeconds"]),
     )
 
 
@@ -142,13 +123,13 @@ def test_the_environment_resolves_for_a_local_stack_and_names_its_resources() ->
     environment = function_environment(STACK, TEMPLATE)
 
     # Then every variable of every function has its value for that stack, from the parameter defaults and
-    # the stack's resources (named after its table as the template names them after its stage)
-    names = {name for config in function_configs(TEMPLATE).values() for name in config.environment}
+    # the stack's resources (named as the template names them for its stage)
+    names = {name for config in functions(TEMPLATE).values() for name in config.environment}
     assert set(environment) == names
     assert environment["TABLE_NAME"] == STACK.table_name
     assert environment["FANOUT_QUEUE_URL"] == STACK.fanout_queue_url
     assert environment["EVENT_BUS_NAME"] == "crm-bus"
-    assert environment["GRACE_HOURS"] == str(TEMPLATE["Parameters"]["GraceHours"]["Default"])
+    assert environment["GRACE_HOURS"] == parameter_values(TEMPLATE)["GraceHours"]
     assert environment["POWERTOOLS_METRICS_NAMESPACE"] == "Metering/test-config"
     assert environment["USAGE_ALERT_TOPIC_ARN"] == (
         f"arn:aws:sns:{REGION}:123456789012:metering-test-config-usage-alerts"

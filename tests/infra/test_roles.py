@@ -1,6 +1,7 @@
 """Each function's role from `template.yaml`, enforced on moto and checked by the census
-(`metering_tools.roles`): resolution against a local stack, refusals with IAM authentication on, identity
-switches that keep the registered hooks, the mapping of API calls to IAM authorizations, the evaluator."""
+(`metering_tools.roles`, `metering_testbench.census`): resolution against a local stack, refusals with IAM
+authentication on, identity switches that keep the registered hooks, the mapping of API calls to IAM
+authorizations, the evaluator."""
 
 from __future__ import annotations
 
@@ -12,43 +13,39 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from metering import aws
-from metering_tools.provisioning import LocalStack, load_template
+from metering_testbench.census import (
+    CensusTally,
+    Grant,
+    census_findings,
+    conditional_calls,
+    on_behalf_grants,
+    unused_grants,
+)
+from metering_tools.local_stack import Arns, LocalStack
 from metering_tools.roles import (
     Call,
     Census,
-    CensusTally,
     FunctionIdentities,
     FunctionPolicy,
-    Grant,
-    Place,
+    RoleGuard,
     StackRoles,
-    UnresolvableReference,
     calls_of,
-    census_findings,
-    conditional_calls,
     evaluate,
     function_policies,
-    function_roles,
     is_access_denied,
-    local_resources,
     moto_policy_document,
     stack_roles,
     ungranted_calls,
-    unused_grants,
 )
+from metering_tools.template import UnsupportedTemplateError, functions, load_template
 
 TEMPLATE = load_template()
 REGION = "eu-central-1"
 ACCOUNT = "123456789012"
-PLACE = Place(REGION, ACCOUNT)
+ARNS = Arns(REGION, ACCOUNT)
 QUEUE_URL = f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}"
-OFFLINE_STACK = LocalStack(
-    "metering-test-offline",
-    f"{QUEUE_URL}/metering-test-offline-fanout",
-    f"{QUEUE_URL}/metering-test-offline-close",
-    "metering-test-offline",
-    "metering-claims-offline",
-    f"{QUEUE_URL}/metering-test-offline-activity",
+OFFLINE_STACK = LocalStack.named(
+    "test-offline", "metering-claims-offline", TEMPLATE, region=REGION, account_id=ACCOUNT
 )
 TABLE_ARN = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/metering-test-offline"
 BUS_ARN = f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/metering-test-offline"
@@ -77,10 +74,10 @@ def caller() -> str:
 def test_each_function_runs_with_the_role_its_template_entry_names() -> None:
     # Given the template
     # When its functions' roles are read
-    roles = function_roles(TEMPLATE)
+    roles = functions(TEMPLATE)
 
     # Then each function has its own role
-    assert {name: role.role_id for name, role in roles.items()} == {
+    assert {name: function.role_id for name, function in roles.items()} == {
         "RecordActivity": "RecordActivityRole",
         "ClosePeriods": "ClosePeriodsRole",
         "InvoiceAccount": "InvoiceAccountRole",
@@ -94,10 +91,10 @@ def test_policies_resolve_to_the_local_stacks_arns() -> None:
     # When the roles are resolved for it
     roles = stack_roles(TEMPLATE, OFFLINE_STACK)
 
-    # Then every reference names a local resource in the stack's account and region, named after the local
-    # table as the template names its resources after `metering-${Stage}`
-    assert roles.resources.parameters["Stage"] == "test-offline"
-    assert roles.resources.refs["ClosePeriodsFunction"] == "metering-test-offline-close-periods"
+    # Then every reference names a local resource in the stack's account and region, named as the template
+    # names its resources for the stack's stage (`metering-${Stage}...`)
+    assert roles.resolver.parameters["Stage"] == "test-offline"
+    assert roles.resolver.refs["ClosePeriodsFunction"] == "metering-test-offline-close-periods"
     close_periods = {s.sid: s for s in roles.policies["ClosePeriods"].statements}
     assert close_periods["QueueCloses"].resources == (
         f"arn:aws:sqs:{REGION}:{ACCOUNT}:metering-test-offline-close",
@@ -123,14 +120,37 @@ def test_policies_resolve_to_the_local_stacks_arns() -> None:
     assert not any("metering-dev" in r for r in resources)
 
 
-def test_a_local_table_not_named_as_the_template_names_it_fails() -> None:
-    # Given a local stack whose table is not named `metering-${Stage}`
-    elsewhere = dataclasses.replace(OFFLINE_STACK, table_name="billing-offline")
+def test_a_local_stack_is_named_as_the_template_names_its_resources_for_the_stage() -> None:
+    # Given a stage
+    # When a local stack is named for it, before anything is created
+    stack = LocalStack.named(
+        "test-named", "metering-claims-named", TEMPLATE, region=REGION, account_id=ACCOUNT
+    )
 
-    # When its local values are built
-    # Then it fails: the other resources' names could not follow the local stack's
-    with pytest.raises(UnresolvableReference, match="billing-offline"):
-        local_resources(TEMPLATE, elsewhere)
+    # Then its table, queues, bus and cursor key carry the names the template gives them for that stage, and
+    # the queue URLs and the roles' references follow those names
+    assert dict(stack.names) == {
+        "MeteringTable": "metering-test-named",
+        "EventBus": "metering-test-named",
+        "ActivityQueue": "metering-test-named-activity",
+        "FanOutQueue": "metering-test-named-fanout",
+        "CloseQueue": "metering-test-named-close",
+        "UsageApiCursorSecret": "metering-test-named-usage-api-cursor-key",
+    }
+    assert (stack.table_name, stack.event_bus_name) == ("metering-test-named", "metering-test-named")
+    assert stack.activity_queue_url == f"{QUEUE_URL}/metering-test-named-activity"
+    assert stack.fanout_queue_url == f"{QUEUE_URL}/metering-test-named-fanout"
+    assert stack.close_queue_url == f"{QUEUE_URL}/metering-test-named-close"
+    resolver = stack.resolver(TEMPLATE)
+    assert resolver.parameters["EventBusName"] == "metering-test-named"
+    assert resolver.refs["MeteringTable"] == "metering-test-named"
+    assert (
+        resolver.attributes["CloseQueue"]["Arn"]
+        == f"arn:aws:sqs:{REGION}:{ACCOUNT}:metering-test-named-close"
+    )
+    assert resolver.refs["UsageApiCursorSecret"] == (
+        f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:metering-test-named-usage-api-cursor-key"
+    )
 
 
 def test_a_statement_behind_a_false_condition_is_dropped() -> None:
@@ -138,7 +158,7 @@ def test_a_statement_behind_a_false_condition_is_dropped() -> None:
     without_bucket = dataclasses.replace(OFFLINE_STACK, claim_check_bucket="")
 
     # When the roles are resolved for it
-    policies = function_policies(TEMPLATE, local_resources(TEMPLATE, without_bucket))
+    policies = function_policies(TEMPLATE, without_bucket.resolver(TEMPLATE))
 
     # Then RecordActivity gets no S3 permission (the `!If` chose AWS::NoValue)
     assert "ReadClaimChecks" not in {s.sid for s in policies["RecordActivity"].statements}
@@ -149,24 +169,26 @@ def test_a_reference_without_a_local_value_fails_naming_it_and_where_it_is() -> 
     # Given a role statement that names a resource the template does not have
     template = copy.deepcopy(TEMPLATE)
     statements = template["Resources"]["InvoiceAccountRole"]["Properties"]["Policies"][0]["PolicyDocument"]
-    statements["Statement"][1]["Resource"] = {"GetAtt": "ArchiveTable.Arn"}
+    statements["Statement"][1]["Resource"] = {"Fn::GetAtt": ["ArchiveTable", "Arn"]}
 
     # When it is resolved
     # Then the error names the reference and the statement
-    with pytest.raises(UnresolvableReference, match=r"Statement\[1\]\.Resource.*!GetAtt ArchiveTable\.Arn"):
-        function_policies(template, local_resources(template, OFFLINE_STACK))
+    with pytest.raises(
+        UnsupportedTemplateError, match=r"Statement\[1\]\.Resource.*no value for GetAtt ArchiveTable\.Arn"
+    ):
+        function_policies(template, OFFLINE_STACK.resolver(template))
 
 
 def test_an_intrinsic_function_it_does_not_know_fails() -> None:
     # Given a role statement with an import from another stack
     template = copy.deepcopy(TEMPLATE)
     statements = template["Resources"]["ClosePeriodsRole"]["Properties"]["Policies"][0]["PolicyDocument"]
-    statements["Statement"][2]["Resource"] = {"ImportValue": "shared-close-queue-arn"}
+    statements["Statement"][2]["Resource"] = {"Fn::ImportValue": "shared-close-queue-arn"}
 
     # When it is resolved
     # Then it fails rather than guessing
-    with pytest.raises(UnresolvableReference, match="unsupported intrinsic function ImportValue"):
-        function_policies(template, local_resources(template, OFFLINE_STACK))
+    with pytest.raises(UnsupportedTemplateError, match="unsupported intrinsic function Fn::ImportValue"):
+        function_policies(template, OFFLINE_STACK.resolver(template))
 
 
 def test_the_moto_policy_keeps_the_actions_and_the_resources_moto_can_check() -> None:
@@ -332,24 +354,6 @@ def test_clients_built_outside_an_activation_are_not_used_inside_one(
         ),
         pytest.param(
             "dynamodb",
-            "TransactWriteItems",
-            {
-                "TransactItems": [
-                    {"Put": {"TableName": "metering-test-offline", "Item": {}}},
-                    {"Update": {"TableName": "metering-test-offline", "Key": {}}},
-                    {"ConditionCheck": {"TableName": "metering-test-offline", "Key": {}}},
-                    {"Update": {"TableName": "metering-test-offline", "Key": {}}},
-                ]
-            },
-            [
-                Call("dynamodb:PutItem", TABLE_ARN),
-                Call("dynamodb:UpdateItem", TABLE_ARN),
-                Call("dynamodb:ConditionCheckItem", TABLE_ARN),
-            ],
-            id="TransactWriteItems",
-        ),
-        pytest.param(
-            "dynamodb",
             "Query",
             {"TableName": "metering-test-offline", "IndexName": "OpenPeriods"},
             [Call("dynamodb:Query", f"{TABLE_ARN}/index/OpenPeriods")],
@@ -435,7 +439,7 @@ def test_each_call_maps_to_the_iam_actions_and_resources_it_needs(
 ) -> None:
     # Given an API call's parameters
     # When it is mapped to IAM authorizations
-    calls = calls_of(service, operation, params, PLACE)
+    calls = calls_of(service, operation, params, ARNS)
 
     # Then batch forms need their single action, and each resource ARN comes from the parameters
     assert calls == expected
@@ -445,7 +449,7 @@ def test_the_census_records_each_functions_calls_through_its_own_session(
     stack: LocalStack, roles: StackRoles, identities: FunctionIdentities
 ) -> None:
     # Given a census attached to the identities
-    census = Census(roles.resources.region, roles.resources.account_id)
+    census = Census(roles.stack.region, roles.stack.account_id)
     census.attach(identities)
 
     # When ClosePeriods queues a close, InvoiceAccount reads a period, and the harness reads the queue
@@ -460,7 +464,7 @@ def test_the_census_records_each_functions_calls_through_its_own_session(
     # Then each function's calls are recorded under its name with their ARNs, the harness's are not, and
     # each role grants what its function did
     close_queue = Call("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:{stack.table_name}-close")
-    read = Call("dynamodb:Query", roles.resources.attributes["MeteringTable"]["Arn"])
+    read = Call("dynamodb:Query", roles.resolver.attributes["MeteringTable"]["Arn"])
     assert census.calls("ClosePeriods") == {close_queue: 1}
     assert census.calls("InvoiceAccount") == {read: 1}
     assert census.operations("ClosePeriods") == {"sqs:SendMessageBatch": 1}
@@ -498,12 +502,12 @@ def test_unused_grants_are_reported_less_those_aws_uses_on_the_functions_behalf(
     ]
 
     # When its unused grants are listed
-    unused = unused_grants(roles.policies["InvoiceAccount"], calls, roles.on_behalf["InvoiceAccount"])
+    reasons = on_behalf_grants(roles)["InvoiceAccount"]
+    unused = unused_grants(roles.policies["InvoiceAccount"], calls, reasons)
 
     # Then the Query grant is reported; the log and close-queue grants are not (the Lambda runtime and the
     # SQS event source mapping use them), and each of those carries its reason
     assert unused == [Grant("Table", "dynamodb:Query", TABLE_ARN)]
-    reasons = roles.on_behalf["InvoiceAccount"]
     close_queue = f"arn:aws:sqs:{REGION}:{ACCOUNT}:metering-test-offline-close"
     assert "event source mapping" in reasons[Call("sqs:ReceiveMessage", close_queue)]
     assert "runtime" in next(why for call, why in reasons.items() if call.action == "logs:PutLogEvents")
@@ -530,41 +534,36 @@ def test_the_census_flags_a_close_path_its_role_would_refuse_on_aws() -> None:
     assert "not granted: dynamodb:BatchGetItem on " + TABLE_ARN in findings.describe()
 
 
-def invoice_account_census(stack: LocalStack, *dynamodb_calls: tuple[str, dict[str, Any]]) -> Census:
-    """A census of InvoiceAccount making these DynamoDB calls on `stack`, and publishing on its bus."""
-    census = Census(REGION, ACCOUNT)
+def invoice_account_guard(stack: LocalStack, *dynamodb_calls: tuple[str, dict[str, Any]]) -> RoleGuard:
+    """A role guard over `stack` (no identity created: nothing runs on moto) whose census holds
+    InvoiceAccount making these DynamoDB calls, and publishing on its bus."""
+    guard = RoleGuard(
+        stack_roles(TEMPLATE, stack), FunctionIdentities(boto3.Session(region_name=REGION), {}, {})
+    )
     for operation, params in dynamodb_calls:
-        census.record("InvoiceAccount", "dynamodb", operation, params)
-    census.record(
+        guard.census.record("InvoiceAccount", "dynamodb", operation, params)
+    guard.census.record(
         "InvoiceAccount", "events", "PutEvents", {"Entries": [{"EventBusName": stack.event_bus_name}]}
     )
-    return census
+    return guard
 
 
 def test_a_tally_over_stacks_counts_a_grant_used_if_any_stack_used_it() -> None:
     # Given two local stacks with their own names: in the first InvoiceAccount sealed a period and was
     # refused a BatchGetItem, in the second it queried
     first = OFFLINE_STACK
-    second = dataclasses.replace(
-        OFFLINE_STACK,
-        table_name="metering-test-other",
-        fanout_queue_url=f"{QUEUE_URL}/metering-test-other-fanout",
-        close_queue_url=f"{QUEUE_URL}/metering-test-other-close",
-        event_bus_name="metering-test-other",
+    second = LocalStack.named(
+        "test-other", "metering-claims-other", TEMPLATE, region=REGION, account_id=ACCOUNT
     )
     tally = CensusTally()
     tally.add(
-        stack_roles(TEMPLATE, first),
-        invoice_account_census(
+        invoice_account_guard(
             first,
             ("UpdateItem", {"TableName": first.table_name}),
             ("BatchGetItem", {"RequestItems": {first.table_name: {"Keys": []}}}),
-        ),
+        )
     )
-    tally.add(
-        stack_roles(TEMPLATE, second),
-        invoice_account_census(second, ("Query", {"TableName": second.table_name})),
-    )
+    tally.add(invoice_account_guard(second, ("Query", {"TableName": second.table_name})))
 
     # When the tally's findings are read
     findings = tally.findings()["InvoiceAccount"]
@@ -594,12 +593,12 @@ def test_grants_aws_uses_for_record_activity_carry_their_reasons() -> None:
 
     # Then nothing is unused: the topic's key (used by SNS), s3:ListBucket (checked by S3 for a missing
     # object) and the consumed queues are AWS's uses; a Condition bears on no call the function makes
-    assert unused_grants(policy, calls, roles.on_behalf["RecordActivity"]) == []
+    assert unused_grants(policy, calls, on_behalf_grants(roles)["RecordActivity"]) == []
     assert conditional_calls(policy, calls) == []
 
 
-def test_the_evaluator_applies_wildcards_explicit_denies_not_action_and_reports_conditions() -> None:
-    # Given a policy with wildcards, a Deny, a NotAction statement and a conditional grant
+def test_the_evaluator_applies_wildcards_explicit_denies_and_reports_conditions() -> None:
+    # Given a policy with wildcards, a Deny and a conditional grant
     policy = FunctionPolicy.of(
         "Example",
         "ExampleRole",
@@ -618,7 +617,6 @@ def test_the_evaluator_applies_wildcards_explicit_denies_not_action_and_reports_
                         "Action": "dynamodb:GetItem",
                         "Resource": "*:table/t2",
                     },
-                    {"Sid": "NotDynamo", "Effect": "Allow", "NotAction": "dynamodb:*", "Resource": "*"},
                     {
                         "Sid": "Key",
                         "Effect": "Allow",
@@ -639,16 +637,33 @@ def test_the_evaluator_applies_wildcards_explicit_denies_not_action_and_reports_
     decrypt = Call("kms:Decrypt", "arn:aws:kms:eu-central-1:123456789012:key/k")
 
     # When calls are evaluated
-    # Then actions match case-insensitively with `*`, `?` matches one character, a Deny wins, NotAction grants
-    # the rest, and a conditional grant allows with its condition reported
+    # Then actions match case-insensitively with `*`, `?` matches one character, a Deny wins, an action no
+    # statement names is not granted, and a conditional grant allows with its condition reported
     assert evaluate(policy, get_t1).allowed
     assert evaluate(policy, get_t2).denied_by == ("NotT2",)
-    assert evaluate(policy, send).allowed_by == ("NotDynamo",)
     assert {d.call for d in ungranted_calls(policy, [get_t1, get_t2, put_t1, get_t10, send])} == {
         get_t2,
         get_t10,
         put_t1,
+        send,
     }
     assert [d.conditions for d in conditional_calls(policy, [decrypt])] == [
         ('Allow Key: {"StringEquals": {"kms:ViaService": "sns.eu-central-1.amazonaws.com"}}',)
     ]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        pytest.param({"Effect": "Allow", "NotAction": "dynamodb:*", "Resource": "*"}, id="NotAction"),
+        pytest.param(
+            {"Effect": "Allow", "Action": "sqs:*", "NotResource": "arn:aws:sqs:*:*:q"}, id="NotResource"
+        ),
+    ],
+)
+def test_a_statement_the_evaluator_does_not_read_fails(statement: dict[str, Any]) -> None:
+    # Given a policy statement of a form the evaluator does not read
+    # When the policy is read
+    # Then it fails rather than evaluating it as something else
+    with pytest.raises(UnsupportedTemplateError, match="only Allow or Deny of Action on Resource"):
+        FunctionPolicy.of("Example", "ExampleRole", {"example": {"Statement": [statement]}})

@@ -1,16 +1,23 @@
-"""Reading a template as CloudFormation creates it (`metering_tools.templates`): loops expanded, literal map
-lookups resolved, local nested applications inlined. Every other check of tests/infra reads the template
-through it, so a construct it gets wrong would hide from all of them."""
+"""Reading a template as CloudFormation creates it (`metering_tools.template`): short tags read in
+CloudFormation's long form, loops expanded, literal map lookups resolved, local nested applications inlined.
+Every other check of tests/infra reads the template through it, so a construct it gets wrong would hide from
+all of them."""
 
 from __future__ import annotations
 
-import re
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from metering_tools.provisioning import load_template, parse_template
-from metering_tools.templates import UnsupportedTemplateError, expand, inline_applications
+from metering_tools.template import (
+    UnsupportedTemplateError,
+    expand,
+    inline_applications,
+    load_template,
+    parse_template,
+    references,
+)
 
 from tests.helpers import REPO_ROOT
 
@@ -22,14 +29,68 @@ def with_resources(resources: dict[str, Any], **sections: Any) -> dict[str, Any]
     return LANGUAGE_EXTENSIONS | sections | {"Resources": resources}
 
 
+def written(path: Path, template: dict[str, Any]) -> Path:
+    """`template` written to `path` (JSON, which YAML reads as it is)."""
+    path.write_text(json.dumps(template), encoding="utf-8")
+    return path
+
+
+def test_short_tags_are_read_in_cloudformations_long_form(tmp_path: Path) -> None:
+    # Given a template written with short tags, `!GetAtt` in both of its forms
+    path = tmp_path / "template.yaml"
+    path.write_text(
+        """
+Conditions:
+  IsProd: !Equals [!Ref Stage, prod]
+  KeepAll: !And [!Condition IsProd, !Not [!Equals [!Ref Stage, ""]]]
+Resources:
+  Queue:
+    Type: AWS::SQS::Queue
+    Properties:
+      QueueName: !Sub "metering-${Stage}-queue"
+      RedrivePolicy:
+        deadLetterTargetArn: !GetAtt DLQ.Arn
+      Tags:
+        - Value: !GetAtt [DLQ, QueueName]
+        - Value: !If [IsProd, !FindInMap [Slugs, !Ref Stage, Name], !Ref AWS::NoValue]
+""",
+        encoding="utf-8",
+    )
+    # When it is read
+    template = parse_template(path)
+    # Then every intrinsic function is in the one form every reader sees
+    assert template["Conditions"] == {
+        "IsProd": {"Fn::Equals": [{"Ref": "Stage"}, "prod"]},
+        "KeepAll": {
+            "Fn::And": [{"Condition": "IsProd"}, {"Fn::Not": [{"Fn::Equals": [{"Ref": "Stage"}, ""]}]}]
+        },
+    }
+    assert template["Resources"]["Queue"]["Properties"] == {
+        "QueueName": {"Fn::Sub": "metering-${Stage}-queue"},
+        "RedrivePolicy": {"deadLetterTargetArn": {"Fn::GetAtt": ["DLQ", "Arn"]}},
+        "Tags": [
+            {"Value": {"Fn::GetAtt": ["DLQ", "QueueName"]}},
+            {
+                "Value": {
+                    "Fn::If": [
+                        "IsProd",
+                        {"Fn::FindInMap": ["Slugs", {"Ref": "Stage"}, "Name"]},
+                        {"Ref": "AWS::NoValue"},
+                    ]
+                }
+            },
+        ],
+    }
+
+
 def test_a_loop_in_a_loop_names_and_fills_one_resource_per_pair() -> None:
     # Given a loop over functions holding a loop over metrics, naming both in keys, strings and Refs
     alarm = {
         "Type": "AWS::CloudWatch::Alarm",
         "Properties": {
-            "AlarmName": {"Sub": "metering-${Stage}-&{Function}-${Metric}"},
+            "AlarmName": {"Fn::Sub": "metering-${Stage}-&{Function}-${Metric}"},
             "MetricName": {"Ref": "Metric"},
-            "Dimensions": [{"Name": "FunctionName", "Value": {"Sub": "${${Function}Name}"}}],
+            "Dimensions": [{"Name": "FunctionName", "Value": {"Fn::Sub": "${${Function}Name}"}}],
         },
     }
     inner = {
@@ -46,9 +107,9 @@ def test_a_loop_in_a_loop_names_and_fills_one_resource_per_pair() -> None:
         "RecordThrottlesAlarm",
     ]
     assert resources["Close-RunThrottlesAlarm"]["Properties"] == {
-        "AlarmName": {"Sub": "metering-${Stage}-CloseRun-Throttles"},
+        "AlarmName": {"Fn::Sub": "metering-${Stage}-CloseRun-Throttles"},
         "MetricName": "Throttles",
-        "Dimensions": [{"Name": "FunctionName", "Value": {"Sub": "${Close-RunName}"}}],
+        "Dimensions": [{"Name": "FunctionName", "Value": {"Fn::Sub": "${Close-RunName}"}}],
     }
 
 
@@ -101,31 +162,35 @@ def test_an_application_is_replaced_by_its_resources_wired_to_what_the_parent_pa
             "QueueAlarm": {
                 "Type": "AWS::CloudWatch::Alarm",
                 "Properties": {
-                    "AlarmName": {"Sub": "metering-${Stage}-${QueueName}-alarm"},
+                    "AlarmName": {"Fn::Sub": "metering-${Stage}-${QueueName}-alarm"},
                     "Dimensions": [{"Name": "QueueName", "Value": {"Ref": "QueueName"}}],
                 },
             }
         },
         "Outputs": {"AlarmName": {"Value": {"Ref": "QueueAlarm"}}},
     }
-    application = {"Location": "nested.yaml", "Parameters": {"QueueName": {"GetAtt": "Queue.QueueName"}}}
+    application = {
+        "Location": "nested.yaml",
+        "Parameters": {"QueueName": {"Fn::GetAtt": ["Queue", "QueueName"]}},
+    }
     parent = {
         "Resources": {
             "Queue": {"Type": "AWS::SQS::Queue"},
             "Monitoring": {"Type": "AWS::Serverless::Application", "Properties": application},
         },
-        "Outputs": {"Url": {"Value": {"Sub": "https://console/#alarm=${Monitoring.Outputs.AlarmName}"}}},
+        "Outputs": {"Url": {"Value": {"Fn::Sub": "https://console/#alarm=${Monitoring.Outputs.AlarmName}"}}},
     }
+    written(tmp_path / "nested.yaml", nested)
     # When the application is inlined
-    inlined = inline_applications(parent, tmp_path, {tmp_path / "nested.yaml": nested}.__getitem__)
+    inlined = inline_applications(parent, tmp_path)
     # Then its resources stand in the parent, reading the parent's values, defaults where nothing is passed
     assert sorted(inlined["Resources"]) == ["Queue", "QueueAlarm"]
     assert inlined["Resources"]["QueueAlarm"]["Properties"] == {
-        "AlarmName": {"Sub": "metering-dev-${Queue.QueueName}-alarm"},
-        "Dimensions": [{"Name": "QueueName", "Value": {"GetAtt": "Queue.QueueName"}}],
+        "AlarmName": {"Fn::Sub": "metering-dev-${Queue.QueueName}-alarm"},
+        "Dimensions": [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["Queue", "QueueName"]}}],
     }
     # And the parent's reference to its output is the output's value
-    assert inlined["Outputs"]["Url"] == {"Value": {"Sub": "https://console/#alarm=${QueueAlarm}"}}
+    assert inlined["Outputs"]["Url"] == {"Value": {"Fn::Sub": "https://console/#alarm=${QueueAlarm}"}}
 
 
 @pytest.mark.parametrize(
@@ -141,8 +206,9 @@ def test_an_application_passed_other_parameters_than_its_template_declares_is_re
         "Type": "AWS::Serverless::Application",
         "Properties": {"Location": "n.yaml", "Parameters": passed},
     }
+    written(tmp_path / "n.yaml", nested)
     with pytest.raises(UnsupportedTemplateError, match=refusal):
-        inline_applications({"Resources": {"App": application}}, tmp_path, lambda _: nested)
+        inline_applications({"Resources": {"App": application}}, tmp_path)
 
 
 def test_the_monitoring_application_is_what_the_root_template_inlines() -> None:
@@ -154,8 +220,7 @@ def test_the_monitoring_application_is_what_the_root_template_inlines() -> None:
     assert len(alarms) == 28
     assert {"OperatorTopic", "OperatorTopicKey", "Dashboard"} <= resources.keys()
     # And the dashboard's alarm widget lists every alarm, so a new alarm row shows on the dashboard too
-    body = resources["Dashboard"]["Properties"]["DashboardBody"]["Sub"][0]
-    assert set(re.findall(r"\$\{(\w+)\.Arn\}", body)) == alarms
+    assert alarms <= references(resources["Dashboard"]["Properties"]["DashboardBody"])
 
 
 def test_every_monitoring_parameter_is_passed_by_the_root_template() -> None:

@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from metering.usage_api import ENDPOINTS
-from metering_tools.provisioning import load_template
+from metering_tools.template import NO_VALUE, Resolver, load_template, parameter_values, references, target
 
 from tests.helpers import REPO_ROOT
 
@@ -28,6 +28,12 @@ def statements(role: str) -> list[dict[str, Any]]:
         for statement in policy["PolicyDocument"]["Statement"]
         if isinstance(statement, dict) and "Effect" in statement
     ]
+
+
+def cors_configuration(origins: str) -> Any:
+    """The API's CORS configuration deployed with these `ApiCorsOrigins` (NO_VALUE: none)."""
+    resolver = Resolver(TEMPLATE, {"ApiCorsOrigins": origins}, pseudo={"AWS::NoValue": NO_VALUE})
+    return resolver.resolve(API["CorsConfiguration"], "UsageHttpApi.Properties.CorsConfiguration")
 
 
 def actions(statement: dict[str, Any]) -> list[str]:
@@ -58,7 +64,7 @@ def test_the_routes_are_the_ones_the_function_serves_plus_the_default_route_for_
     routes = {
         (event["Properties"].get("Method"), event["Properties"].get("Path"))
         for event in FUNCTION["Events"].values()
-        if event["Type"] == "HttpApi" and event["Properties"]["ApiId"] == {"Ref": "UsageHttpApi"}
+        if event["Type"] == "HttpApi" and target(event["Properties"]["ApiId"]) == ("UsageHttpApi", None)
     }
     page_routes = {("GET", path) for path in PAGE_PATHS}
     assert routes == {("GET", endpoint.template) for endpoint in ENDPOINTS} | page_routes | {(None, None)}
@@ -66,7 +72,7 @@ def test_the_routes_are_the_ones_the_function_serves_plus_the_default_route_for_
 
 def test_the_usage_page_may_be_framed_only_by_the_origins_of_a_parameter_none_by_default() -> None:
     parameter = TEMPLATE["Parameters"]["UsagePageFrameAncestors"]
-    assert parameter["Default"] == ""
+    assert parameter_values(TEMPLATE)["UsagePageFrameAncestors"] == ""
     assert FUNCTION["Environment"]["Variables"]["PAGE_FRAME_ANCESTORS"] == {"Ref": "UsagePageFrameAncestors"}
     pattern = re.compile(parameter["AllowedPattern"])
     assert pattern.fullmatch("https://app.example-crm.com,https://*.example-crm.com:8443")
@@ -79,14 +85,15 @@ def test_the_stage_is_throttled_and_cors_allowed_only_for_the_configured_origins
         "ThrottlingBurstLimit": {"Ref": "ApiThrottleBurst"},
         "ThrottlingRateLimit": {"Ref": "ApiThrottleRate"},
     }
-    condition, cors, none = API["CorsConfiguration"]["If"]
-    assert (condition, none) == ("HasApiCorsOrigins", {"Ref": "AWS::NoValue"})
-    assert (cors["AllowOrigins"], cors["AllowMethods"]) == ({"Ref": "ApiCorsOrigins"}, ["GET"])
+    # none by default; the configured origins, for GET only, when ApiCorsOrigins is set
+    assert cors_configuration(parameter_values(TEMPLATE)["ApiCorsOrigins"]) is NO_VALUE
+    cors = cors_configuration("https://app.example-crm.com")
+    assert (cors["AllowOrigins"], cors["AllowMethods"]) == ("https://app.example-crm.com", ["GET"])
 
 
 def test_access_logs_carry_no_token_header_claim_or_query_value() -> None:
     settings = API["AccessLogSettings"]
-    assert settings["DestinationArn"] == {"GetAtt": "UsageApiAccessLogGroup.Arn"}
+    assert target(settings["DestinationArn"]) == ("UsageApiAccessLogGroup", "Arn")
     variables = set(re.findall(r"\$context\.[A-Za-z.]+", settings["Format"]))
     assert variables
     assert not any(
@@ -101,7 +108,7 @@ def test_the_function_reads_the_table_and_its_cursor_key_only() -> None:
     by_sid = {statement["Sid"]: statement for statement in statements("UsageApiRole")}
     assert set(by_sid) == {"Logs", "ReadTable", "CursorKey"}
     assert set(actions(by_sid["ReadTable"])) <= READ_ACTIONS
-    assert by_sid["ReadTable"]["Resource"] == {"GetAtt": "MeteringTable.Arn"}
+    assert target(by_sid["ReadTable"]["Resource"]) == ("MeteringTable", "Arn")
     assert actions(by_sid["CursorKey"]) == ["secretsmanager:GetSecretValue"]
     assert by_sid["CursorKey"]["Resource"] == {"Ref": "UsageApiCursorSecret"}
     assert FUNCTION["Environment"]["Variables"]["CURSOR_SECRET_ARN"] == {"Ref": "UsageApiCursorSecret"}
@@ -114,7 +121,7 @@ def test_no_other_role_may_read_the_cursor_key() -> None:
         for name, resource in RESOURCES.items()
         if resource["Type"] == "AWS::IAM::Role"
         for statement in statements(name)
-        if "UsageApiCursorSecret" in json.dumps(statement.get("Resource"))
+        if "UsageApiCursorSecret" in references(statement.get("Resource"))
         or any(action.startswith("secretsmanager:") for action in actions(statement))
     ]
     assert readers == ["UsageApiRole"]

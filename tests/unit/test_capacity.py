@@ -14,11 +14,7 @@ from metering.store import keys
 from metering.store.keys import family
 from metering_tools.capacity import (
     COUNT_PATH,
-    INDEX_PATH,
     CapacityMeter,
-    IndexSchema,
-    KeyCondition,
-    index_write_units,
     item_size,
     number_size,
     read_units,
@@ -126,102 +122,6 @@ def test_write_unit_equivalents_count_five_read_units_as_one_write_unit() -> Non
     assert write_unit_equivalents(10.0, 5.0) == 11.0
 
 
-# ---- secondary index entries ----
-
-OPEN_PERIODS = IndexSchema("OpenPeriods", "openPeriod", "openPeriodEnd", "KEYS_ONLY", ())
-TABLE_KEYS = ("pk", "sk")
-SUMMARY = {"pk": {"S": "acc-1#2026-10"}, "sk": {"S": "summary"}, "activeContacts": {"N": "3"}}
-OPEN = {**SUMMARY, "openPeriod": {"S": "open"}, "openPeriodEnd": {"S": "2026-11-01T00:00:00Z"}}
-
-
-@pytest.mark.parametrize(
-    ("old", "new", "expected"),
-    [
-        pytest.param(None, SUMMARY, 0, id="never-in-the-index"),
-        pytest.param(SUMMARY, OPEN, 1, id="put-when-the-keys-appear"),
-        pytest.param(OPEN, SUMMARY, 1, id="delete-when-the-keys-go"),
-        pytest.param(
-            OPEN,
-            {**OPEN, "openPeriodEnd": {"S": "2026-12-01T00:00:00Z"}},
-            2,
-            id="key-change-is-delete-and-put",
-        ),
-        pytest.param(
-            OPEN, {**OPEN, "activeContacts": {"N": "4"}}, 0, id="keys-only-ignores-other-attributes"
-        ),
-    ],
-)
-def test_an_index_entry_costs_what_the_write_does_to_it(
-    old: dict[str, Any] | None, new: dict[str, Any], expected: int
-) -> None:
-    # Given a table write that turns the item `old` into `new`
-    # When its cost on a sparse KEYS_ONLY index is priced
-    # Then a put or a delete costs a unit, a key change both, and an unprojected change nothing
-    assert index_write_units(OPEN_PERIODS, TABLE_KEYS, old, new) == expected
-
-
-def test_a_keys_only_entry_holds_the_index_keys_and_the_table_keys() -> None:
-    # Given an open summary
-    # When it is projected into the KEYS_ONLY index
-    entry = OPEN_PERIODS.entry(OPEN, TABLE_KEYS)
-
-    # Then only the four keys remain
-    assert entry is not None
-    assert sorted(entry) == ["openPeriod", "openPeriodEnd", "pk", "sk"]
-
-
-# ---- key conditions ----
-
-
-def test_a_key_condition_expression_is_read_with_its_names_and_values() -> None:
-    # Given a Query on a partition with a sort-key prefix, through placeholders
-    params = {
-        "KeyConditionExpression": "#p = :pk AND begins_with(#s, :prefix)",
-        "ExpressionAttributeNames": {"#p": "pk", "#s": "sk"},
-        "ExpressionAttributeValues": {":pk": {"S": "acc-1#2026-10"}, ":prefix": {"S": "contact#"}},
-    }
-
-    # When it is parsed
-    condition = KeyCondition.parse(params, "pk")
-
-    # Then it names the partition and keeps only sort keys with the prefix
-    assert condition.partition_text == "acc-1#2026-10"
-    assert condition.sort_hint == "contact#"
-    assert condition.accepts({"sk": {"S": "contact#c1"}})
-    assert not condition.accepts({"sk": {"S": "summary"}})
-
-
-@pytest.mark.parametrize(
-    ("expression", "sort_key", "accepted"),
-    [
-        pytest.param("pk = :p AND sk BETWEEN :a AND :b", "b", True, id="between-inclusive"),
-        pytest.param("pk = :p AND sk BETWEEN :a AND :b", "c", False, id="between-outside"),
-        pytest.param("(pk = :p) AND (sk <= :a)", "a", True, id="parenthesised-at-most"),
-        pytest.param("sk > :a AND pk = :p", "a", False, id="sort-condition-first"),
-    ],
-)
-def test_sort_key_conditions_compare_like_dynamodb(expression: str, sort_key: str, accepted: bool) -> None:
-    # Given a key condition on strings
-    params = {
-        "KeyConditionExpression": expression,
-        "ExpressionAttributeValues": {":p": {"S": "p"}, ":a": {"S": "a"}, ":b": {"S": "b"}},
-    }
-
-    # When an item's sort key is tested
-    # Then it is accepted exactly when DynamoDB would evaluate it
-    assert KeyCondition.parse(params, "pk").accepts({"sk": {"S": sort_key}}) is accepted
-
-
-def test_an_unknown_key_condition_is_refused_rather_than_guessed() -> None:
-    # Given a key condition this module does not understand
-    params = {"KeyConditionExpression": "pk = :p OR sk = :p", "ExpressionAttributeValues": {":p": {"S": "p"}}}
-
-    # When it is parsed
-    # Then it is refused
-    with pytest.raises(ValueError, match="unsupported key condition"):
-        KeyCondition.parse(params, "pk")
-
-
 # ---- today's key layout ----
 
 
@@ -262,26 +162,17 @@ def _padded(pk: str, sk: str, size: int) -> dict[str, Any]:
 
 @pytest.fixture
 def metered() -> Iterator[tuple[Any, CapacityMeter]]:
-    """A client on a moto table with a KEYS_ONLY index on `status`, and a meter that names paths by the
-    sort-key prefix."""
+    """A client on a moto table keyed like MeteringTable (`pk`, `sk`, no index), and a meter that names
+    paths by the sort-key prefix."""
     with mock_aws():
         client = boto3.client("dynamodb", region_name="eu-central-1")
         client.create_table(
             TableName=TABLE,
             BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[
-                {"AttributeName": name, "AttributeType": "S"} for name in ("pk", "sk", "status")
-            ],
+            AttributeDefinitions=[{"AttributeName": name, "AttributeType": "S"} for name in ("pk", "sk")],
             KeySchema=[
                 {"AttributeName": "pk", "KeyType": "HASH"},
                 {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            GlobalSecondaryIndexes=[
-                {
-                    "IndexName": "ByStatus",
-                    "KeySchema": [{"AttributeName": "status", "KeyType": "HASH"}],
-                    "Projection": {"ProjectionType": "KEYS_ONLY"},
-                }
             ],
         )
         meter = CapacityMeter(classify=lambda pk, sk: sk.split("#")[0])
@@ -291,6 +182,10 @@ def metered() -> Iterator[tuple[Any, CapacityMeter]]:
 
 def _write_units(meter: CapacityMeter) -> dict[str, float]:
     return dict(meter.stats()["writeUnits"])
+
+
+def _read_units(meter: CapacityMeter) -> dict[str, float]:
+    return {path: units["readUnits"] for path, units in meter.stats()["byPath"].items() if units["readUnits"]}
 
 
 @pytest.mark.slow
@@ -314,6 +209,18 @@ def test_the_meter_charges_what_aws_bills_from_item_sizes(metered: tuple[Any, Ca
     # Then it costs what the write would have
     assert _write_units(meter) == {"PutItem": 5.0}
 
+    # When an update shrinks it below 1 KB, and a delete removes it
+    client.update_item(
+        TableName=TABLE,
+        Key={"pk": {"S": "p"}, "sk": {"S": "doc#1"}},
+        UpdateExpression="SET #pad = :short",
+        ExpressionAttributeNames={"#pad": "pad"},
+        ExpressionAttributeValues={":short": {"S": "x"}},
+    )
+    client.delete_item(TableName=TABLE, Key={"pk": {"S": "p"}, "sk": {"S": "doc#1"}})
+    # Then the update costs by the larger image (before it), the delete by the smaller item it deleted
+    assert _write_units(meter) == {"PutItem": 5.0, "UpdateItem": 2.0, "DeleteItem": 1.0}
+
     # Given 100 items of 200 bytes in one partition
     for number in range(100):
         client.put_item(TableName=TABLE, Item=_padded("q", f"row#{number:03d}", 200))
@@ -328,24 +235,91 @@ def test_the_meter_charges_what_aws_bills_from_item_sizes(metered: tuple[Any, Ca
     assert count == 100
     assert meter.stats()["readUnits"] == {"Query": 2.5}
     assert meter.stats()["byPath"][COUNT_PATH]["readUnits"] == 2.5
-
-    # Given an item in the index under status "new"
-    client.put_item(TableName=TABLE, Item={"pk": {"S": "s"}, "sk": {"S": "lead#1"}, "status": {"S": "new"}})
-    before = _write_units(meter)["PutItem"]
-    assert before == 5.0 + 100 + 1 + 1  # the table item and its index entry
-
-    # When an update moves it to status "won"
-    client.update_item(
-        TableName=TABLE,
-        Key={"pk": {"S": "s"}, "sk": {"S": "lead#1"}},
-        UpdateExpression="SET #status = :won",
-        ExpressionAttributeNames={"#status": "status"},
-        ExpressionAttributeValues={":won": {"S": "won"}},
-    )
-    # Then the index entry is deleted and put again: 2 WRU on the index beside the table's 1
-    assert _write_units(meter)["UpdateItem"] == 3.0
-    assert meter.stats()["byPath"][INDEX_PATH]["writeUnits"] == 1.0 + 2.0
     assert "unmeteredCalls" not in meter.stats()
+
+
+@pytest.mark.slow
+def test_a_query_is_charged_for_the_items_its_key_condition_evaluates(
+    metered: tuple[Any, CapacityMeter],
+) -> None:
+    client, meter = metered
+
+    # Given ten contacts of 1,000 bytes and a summary of 3,000 bytes in one partition
+    for number in range(10):
+        client.put_item(TableName=TABLE, Item=_padded("k", f"contact#{number:02d}", 1000))
+    client.put_item(TableName=TABLE, Item=_padded("k", "summary", 3000))
+    prefix = {
+        "TableName": TABLE,
+        "KeyConditionExpression": "#p = :pk AND begins_with(#s, :prefix)",
+        "ExpressionAttributeNames": {"#p": "pk", "#s": "sk"},
+        "ConsistentRead": True,
+    }
+
+    # When the contacts are read backwards in consistent pages of five, through placeholders
+    first = client.query(
+        **prefix,
+        ExpressionAttributeValues={":pk": {"S": "k"}, ":prefix": {"S": "contact#"}},
+        Limit=5,
+        ScanIndexForward=False,
+    )
+    client.query(
+        **prefix,
+        ExpressionAttributeValues={":pk": {"S": "k"}, ":prefix": {"S": "contact#"}},
+        Limit=5,
+        ScanIndexForward=False,
+        ExclusiveStartKey=first["LastEvaluatedKey"],
+    )
+    # Then each page reads its five contacts (5,000 bytes, 2 RRU) and never the summary
+    assert first["Items"][0]["sk"] == {"S": "contact#09"}
+    assert _read_units(meter) == {"contact": 4.0}
+
+    # When a range reaches from the last contacts to the summary, with a filter that keeps nothing
+    found = client.query(
+        TableName=TABLE,
+        KeyConditionExpression="pk = :pk AND sk BETWEEN :from AND :to",
+        FilterExpression="attribute_not_exists(#pad)",
+        ExpressionAttributeNames={"#pad": "pad"},
+        ExpressionAttributeValues={":pk": {"S": "k"}, ":from": {"S": "contact#08"}, ":to": {"S": "summary"}},
+        ConsistentRead=True,
+    )
+    # Then the filter saves nothing: 5,000 bytes cost 2 RRU, split over the families by size
+    assert found["Count"] == 0
+    assert _read_units(meter) == {"contact": 4.0 + 0.8, "summary": 1.2}
+
+    # When an eventually consistent Query finds nothing
+    client.query(
+        TableName=TABLE,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+        ExpressionAttributeValues={":pk": {"S": "k"}, ":prefix": {"S": "late#"}},
+    )
+    # Then it costs half a unit, charged to the family its key condition names
+    assert _read_units(meter) == {"contact": 4.8, "summary": 1.2, "late": 0.5}
+    assert "unmeteredCalls" not in meter.stats()
+
+
+@pytest.mark.slow
+def test_a_call_the_meter_does_not_charge_is_counted_and_answered(metered: tuple[Any, CapacityMeter]) -> None:
+    client, meter = metered
+
+    # Given an item
+    client.put_item(TableName=TABLE, Item=_padded("p", "doc#1", 500))
+
+    # When it is read by a Scan, a transaction and a Query in the legacy KeyConditions form
+    scanned = client.scan(TableName=TABLE)
+    got = client.transact_get_items(
+        TransactItems=[{"Get": {"TableName": TABLE, "Key": {"pk": {"S": "p"}, "sk": {"S": "doc#1"}}}}]
+    )
+    queried = client.query(
+        TableName=TABLE,
+        KeyConditions={"pk": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "p"}]}},
+    )
+
+    # Then every call is answered as without the meter, none is charged, and each is counted as unmetered
+    assert scanned["Count"] == 1
+    assert len(got["Responses"]) == 1
+    assert queried["Count"] == 1
+    assert meter.stats()["readUnits"] == {}
+    assert meter.stats()["unmeteredCalls"] == {"Query": 1, "Scan": 1, "TransactGetItems": 1}
 
 
 @pytest.mark.slow

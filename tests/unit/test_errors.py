@@ -17,8 +17,8 @@ from botocore.exceptions import (
     ParamValidationError,
     ReadTimeoutError,
 )
-from metering.errors import classify
-from metering.model import ServiceMisconfigured, StoreUnavailable
+from metering.aws import classify
+from metering.errors import ServiceMisconfigured, StoreUnavailable
 
 TABLE = "metering-unit"
 

@@ -17,7 +17,7 @@ from metering.events import (
     StatusRenamed,
     SubscriptionChanged,
 )
-from metering.intake import InboundRecord, parse_record
+from metering.message_parsing import InboundRecord, parse_record
 from metering.model import Rejection
 
 from tests.helpers import DELETE, contact_ids, event_text, load_event, utc

@@ -8,7 +8,13 @@ import json
 import pytest
 from metering.events import MAX_INLINE_CONTACT_IDS, StatusRenamed
 from metering.fan_out import fan_out_chunks
-from metering.intake import FanOutChunk, FanOutContext, InboundRecord, SubscriptionSnapshot, parse_record
+from metering.message_parsing import (
+    FanOutChunk,
+    FanOutContext,
+    InboundRecord,
+    SubscriptionSnapshot,
+    parse_record,
+)
 from metering.model import Rejection
 
 from tests.helpers import contact_ids, load_event, utc

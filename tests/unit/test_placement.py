@@ -7,11 +7,11 @@ import json
 from datetime import timedelta
 
 import pytest
-from metering.alerting import SMALLEST_ALLOWANCE, lowest_need
+from metering.alert_rules import SMALLEST_ALLOWANCE, lowest_need
 from metering.events import ContactEvent
-from metering.intake import InboundRecord, parse_record
-from metering.model import CloseState, PeriodRef
-from metering.placement import UNREAD, ActivityEvent, Disposition, judge_batch, needs_judging
+from metering.message_parsing import InboundRecord, parse_record
+from metering.model import PeriodRef, PeriodSeal
+from metering.placement import UNREAD, ActivityEvent, Disposition, needs_history, place_batch
 from metering.rules import History, Subscription, threshold_contacts
 
 from tests.helpers import contact_event, subscription, utc
@@ -47,38 +47,38 @@ def test_only_an_event_near_a_month_edge_needs_its_history_to_be_placed(
     entry = activity(occurred_at)
     # When placement asks whether it needs the account's history
     # Then only an event that some zone could put in another month does
-    assert needs_judging(entry, {}, GRACE) is needed
+    assert needs_history(entry, {}, GRACE) is needed
 
 
 def test_an_event_of_a_period_the_close_job_has_started_on_needs_its_history() -> None:
     # Given a period whose close has sealed its first accounts
-    state = CloseState("2026-10", closed_through=utc("2026-11-01T02:00:00Z"))
+    seal = PeriodSeal("2026-10", closed_through=utc("2026-11-01T02:00:00Z"))
     # When a mid-month event of it arrives
     # Then it needs the history: its own account may be sealed
-    assert needs_judging(activity("2026-10-15T12:00:00Z"), {"2026-10": state}, GRACE)
+    assert needs_history(activity("2026-10-15T12:00:00Z"), {"2026-10": seal}, GRACE)
 
 
 def test_an_event_placed_without_history_is_open_in_its_utc_month_with_its_subscription_unread() -> None:
     # Given a mid-month event of an account whose history was not read
     entry = activity("2026-10-15T12:00:00Z")
-    # When the batch is judged
-    plan = judge_batch([entry], {}, {}, GRACE)
+    # When the batch is placed
+    plan = place_batch([entry], {}, {}, GRACE)
     # Then it is open in the October of every zone, with its subscription to be read if an alert may be due
-    [judged] = plan.judged
-    assert (judged.judgement.ref, judged.judgement.disposition) == (
+    [placed] = plan.placed
+    assert (placed.placement.ref, placed.placement.disposition) == (
         PeriodRef("acc-1", "2026-10"),
         Disposition.OPEN,
     )
-    assert judged.judgement.subscription is UNREAD
+    assert placed.placement.subscription is UNREAD
 
 
 def test_placement_with_history_agrees_with_placement_without_it_far_from_every_edge() -> None:
     # Given a mid-month event and the history of its account, in Berlin
     entry = activity("2026-10-15T12:00:00Z")
     history = History.of([berlin_grow()], "UTC")
-    # When it is judged with and without the history
-    with_history = judge_batch([entry], {"acc-1": history}, {}, GRACE).judged[0].judgement
-    without = judge_batch([entry], {}, {}, GRACE).judged[0].judgement
+    # When it is placed with and without the history
+    with_history = place_batch([entry], {"acc-1": history}, {}, GRACE).placed[0].placement
+    without = place_batch([entry], {}, {}, GRACE).placed[0].placement
     # Then both put it in the same open period
     assert (with_history.ref, with_history.disposition) == (without.ref, without.disposition)
     assert with_history.subscription == berlin_grow()
@@ -106,7 +106,7 @@ def test_no_alert_is_due_once_every_threshold_is_claimed_or_nothing_is_billed() 
 
 def test_an_event_of_a_period_that_is_only_open_needs_no_history() -> None:
     # Given a period the close job knows has activity, and has not sealed for anyone
-    state = CloseState("2026-10")
+    seal = PeriodSeal("2026-10")
     # When a mid-month event of it arrives
     # Then its history is not needed to place it
-    assert not needs_judging(activity("2026-10-15T12:00:00Z"), {"2026-10": state}, GRACE)
+    assert not needs_history(activity("2026-10-15T12:00:00Z"), {"2026-10": seal}, GRACE)

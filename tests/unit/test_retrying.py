@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from metering.model import ServiceMisconfigured, StoreUnavailable
+from metering.errors import ServiceMisconfigured, StoreUnavailable
 from metering.retrying import RETRY_SHARE, RetryBudget, backoff_delay
 from metering_tools.testkit import SimulatedClock, simulated_waits
 

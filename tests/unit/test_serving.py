@@ -15,16 +15,18 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from metering_tools.api_routes import DEFAULT_ROUTE, RouteTable, route_table
-from metering_tools.provisioning import load_template
 from metering_tools.serving import (
+    DEFAULT_ROUTE,
     Gateway,
     GatewayServer,
     IncomingRequest,
     RouteMatch,
+    RouteTable,
     http_response,
     request_event,
+    route_table,
 )
+from metering_tools.template import ApiRoute, functions, load_template
 from metering_tools.tokens import (
     ACCOUNT_CLAIM,
     CUSTOMER_SCOPE,
@@ -42,7 +44,7 @@ AUTHORIZATION = Authorization(
 )
 CONTACTS_ROUTE = RouteMatch("GET /v1/accounts/{accountId}/contacts", {"accountId": "acc#1"})
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-ROUTES = route_table(load_template(), "UsageApiFunction")
+ROUTES = route_table(functions(load_template())["UsageApi"].routes)
 """The Usage API's routes as the template declares them."""
 
 
@@ -115,24 +117,13 @@ def test_every_route_of_the_usage_api_asks_the_authorizer_for_a_read_scope_but_t
 def test_routes_prefer_exact_methods_and_paths_and_a_route_without_authorizer_skips_it() -> None:
     # Given a function with an ANY greedy route, a GET route with a parameter, an exact one without the
     # authorizer, and no $default
-    template = {
-        "Resources": {
-            "Api": {"Properties": {"Auth": {"DefaultAuthorizer": "Jwt", "Authorizers": {"Jwt": {}}}}},
-            "Fn": {
-                "Properties": {
-                    "Events": {
-                        "Any": _http_event({"Method": "ANY", "Path": "/v1/{proxy+}"}),
-                        "One": _http_event({"Method": "GET", "Path": "/v1/items/{itemId}"}),
-                        "Open": _http_event(
-                            {"Method": "GET", "Path": "/v1/items/open", "Auth": {"Authorizer": "NONE"}}
-                        ),
-                        "Queue": {"Type": "SQS", "Properties": {}},
-                    }
-                }
-            },
-        }
-    }
-    routes = route_table(template, "Fn")
+    routes = route_table(
+        [
+            ApiRoute("ANY", "/v1/{proxy+}", authorized=True, scopes=frozenset()),
+            ApiRoute("GET", "/v1/items/{itemId}", authorized=True, scopes=frozenset()),
+            ApiRoute("GET", "/v1/items/open", authorized=False, scopes=frozenset()),
+        ]
+    )
 
     # When requests are routed
     def key_of(method: str, path: str) -> str | None:
@@ -144,10 +135,6 @@ def test_routes_prefer_exact_methods_and_paths_and_a_route_without_authorizer_sk
     assert key_of("GET", "/v1/items/7") == "GET /v1/items/{itemId} {'itemId': '7'} True"
     assert key_of("DELETE", "/v1/items/7") == "ANY /v1/{proxy+} {'proxy': 'items/7'} True"
     assert key_of("GET", "/v2") is None
-
-
-def _http_event(properties: dict[str, object]) -> dict[str, object]:
-    return {"Type": "HttpApi", "Properties": {"ApiId": {"Ref": "Api"}, **properties}}
 
 
 # ---- the request event ----

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from metering.alert_stage import NewContacts
+from metering.alert_checks import NewContacts
 from metering.model import Activation, PeriodRef
 from metering.placement import PeriodWork
 from metering.waves import ALERT_REQUESTS, Slice, plan_waves

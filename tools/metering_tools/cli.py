@@ -11,6 +11,8 @@ from pathlib import Path
 
 LOST_MESSAGES = 3
 """Exit status of a replay that dead-lettered messages it did not redrive: its report is incomplete."""
+ISSUER_KEY_HELP = "the local issuer's signing key (created if missing)"
+PLAN_PRICES_HELP = "the stack's PlanPrices, e.g. start=2900,grow=5900 (monthly cents)"
 
 
 def _instant(value: str) -> datetime:
@@ -24,11 +26,22 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metering", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     simulate = commands.add_parser("simulate", help="replay EventBridge envelopes through the functions")
-    simulate.add_argument(
-        "events", type=Path, help="JSON lines, one EventBridge envelope each, in delivery order"
+    explain = commands.add_parser("explain", help="list a period's active contacts and what made each active")
+    usage = commands.add_parser(
+        "usage", help="an account's period (default: the open one): usage, projection, the cheapest way out"
     )
-    simulate.add_argument("--now", type=_instant, required=True, help="the instant of the final close run")
-    simulate.add_argument("--grace-hours", type=float, help="hours after a period's end before it closes")
+    invoices = commands.add_parser("invoices", help="the invoices stored for a period, with their amounts")
+    serve = commands.add_parser(
+        "serve", help="replay a month as simulate does, then serve the Usage API on 127.0.0.1 (local tokens)"
+    )
+    token = commands.add_parser("token", help="a bearer token for the local Usage API (metering serve)")
+    rejected = commands.add_parser("rejected", help="list or replay rejected events")
+    for replay in (simulate, serve):
+        replay.add_argument(
+            "events", type=Path, help="JSON lines, one EventBridge envelope each, in delivery order"
+        )
+        replay.add_argument("--now", type=_instant, required=True, help="the instant of the final close run")
+        replay.add_argument("--grace-hours", type=float, help="hours after a period's end before it closes")
     simulate.add_argument("--default-timezone", help="time zone of accounts without one (default UTC)")
     simulate.add_argument(
         "--endpoint-url",
@@ -48,51 +61,23 @@ def _parser() -> argparse.ArgumentParser:
         help="share of DynamoDB and S3 calls to fail",
     )
     simulate.add_argument("--fault-seed", type=int, default=0, help="seed of the injected faults")
-
-    explain = commands.add_parser("explain", help="list a period's active contacts and what made each active")
-    _stack_options(explain)
-    explain.add_argument("--account", required=True)
+    rejected.add_argument("action", choices=("list", "replay"))  # first: argparse lists missing ones in order
+    for on_table in (explain, usage, invoices, rejected):
+        on_table.add_argument("--table", required=True, help="the metering table (stack output TableName)")
+    for reader in (explain, usage):
+        reader.add_argument("--default-timezone", default="UTC", help="the stack's DefaultTimezone")
+        reader.add_argument("--grace-hours", type=float, default=6, help="the stack's GraceHours")
+        reader.add_argument("--plan-prices", default="", help=PLAN_PRICES_HELP)
+        reader.add_argument("--account", required=True)
     explain.add_argument("--period", required=True, help="YYYY-MM")
-
-    usage = commands.add_parser(
-        "usage", help="an account's period (default: the open one): usage, projection, the cheapest way out"
-    )
-    _stack_options(usage)
-    usage.add_argument("--account", required=True)
     usage.add_argument("--period", help="YYYY-MM (default: the period open now in the account's zone)")
-
-    invoices = commands.add_parser("invoices", help="the invoices stored for a period, with their amounts")
-    invoices.add_argument("--table", required=True, help="the metering table (stack output TableName)")
     invoices.add_argument("--period", required=True, help="YYYY-MM")
     invoices.add_argument("--account", help="only this account's invoice")
     invoices.add_argument("--endpoint-url", help="a DynamoDB endpoint (DynamoDB Local, moto)")
     invoices.add_argument("--format", choices=("json", "table"), default="json")
-
-    serve = commands.add_parser(
-        "serve", help="replay a month as simulate does, then serve the Usage API on 127.0.0.1 (local tokens)"
-    )
-    serve.add_argument(
-        "events", type=Path, help="JSON lines, one EventBridge envelope each, in delivery order"
-    )
-    serve.add_argument("--now", type=_instant, required=True, help="the instant of the final close run")
-    serve.add_argument("--grace-hours", type=float, help="hours after a period's end before it closes")
     serve.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free one)")
-    serve.add_argument(
-        "--issuer-key",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="the local issuer's signing key (created if missing)",
-    )
-
-    token = commands.add_parser("token", help="a bearer token for the local Usage API (metering serve)")
-    token.add_argument(
-        "--issuer-key",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="the local issuer's signing key (created if missing)",
-    )
+    for issuing in (serve, token):
+        issuing.add_argument("--issuer-key", type=Path, required=True, metavar="FILE", help=ISSUER_KEY_HELP)
     holder = token.add_mutually_exclusive_group(required=True)
     holder.add_argument("--account", help="a customer token for this account")
     holder.add_argument("--all-accounts", action="store_true", help="a staff token for every account")
@@ -101,10 +86,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--scope", help="replaces the scope the token would carry (space-separated)")
     token.add_argument("--audience", help="replaces the local API's audience")
-
-    rejected = commands.add_parser("rejected", help="list or replay rejected events")
-    rejected.add_argument("action", choices=("list", "replay"))
-    rejected.add_argument("--table", required=True, help="the metering table (stack output TableName)")
     rejected.add_argument("--month", required=True, help="YYYY-MM the events were received in")
     rejected.add_argument("--event-id", help="replay: the rejected event")
     rejected.add_argument("--queue-url", help="replay: the activity queue (stack output ActivityQueueUrl)")
@@ -112,70 +93,56 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stack_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--table", required=True, help="the metering table (stack output TableName)")
-    command.add_argument("--default-timezone", default="UTC", help="the stack's DefaultTimezone")
-    command.add_argument("--grace-hours", type=float, default=6, help="the stack's GraceHours")
-    command.add_argument(
-        "--plan-prices", default="", help="the stack's PlanPrices, e.g. start=2900,grow=5900 (monthly cents)"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "invoices":
-        return _invoices(args)
-    if args.command in {"explain", "rejected", "usage"}:
-        return _operate(args)
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "token":
-        return _token(args)
-    if args.command == "simulate":
-        from metering_tools.simulate import SimulationOptions, simulate  # noqa: PLC0415 - keeps --help fast
+    commands = {"simulate": _simulate, "invoices": _invoices, "serve": _serve, "token": _token}
+    return commands.get(args.command, _operate)(args)
 
-        report = simulate(
-            SimulationOptions(
-                events_path=args.events,
-                now=args.now,
-                grace_hours=args.grace_hours,
-                default_timezone=args.default_timezone,
-                endpoint_url=args.endpoint_url,
-                batch_size=args.batch_size,
-                objects_dir=args.objects_dir,
-                claim_check_bucket=args.claim_check_bucket,
-                fault_rate=args.inject_faults,
-                fault_seed=args.fault_seed,
-            )
+
+def _print_json(output: object) -> None:
+    json.dump(output, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from metering_tools.simulate import SimulationOptions, simulate  # noqa: PLC0415 - keeps --help fast
+
+    report = simulate(
+        SimulationOptions(
+            events_path=args.events,
+            now=args.now,
+            grace_hours=args.grace_hours,
+            default_timezone=args.default_timezone,
+            endpoint_url=args.endpoint_url,
+            batch_size=args.batch_size,
+            objects_dir=args.objects_dir,
+            claim_check_bucket=args.claim_check_bucket,
+            fault_rate=args.inject_faults,
+            fault_seed=args.fault_seed,
         )
-        if args.format == "table":
-            from metering_tools.tables import print_table  # noqa: PLC0415 - rich only for tables
+    )
+    if args.format == "table":
+        from metering_tools.operations import print_table  # noqa: PLC0415 - rich only for tables
 
-            print_table(report)
-        else:
-            json.dump(report, sys.stdout, indent=2)
-            sys.stdout.write("\n")
-        if any(not letter["redriven"] for letter in report["stats"]["deadLettered"]):
-            return LOST_MESSAGES
-    return 0
+        print_table(report)
+    else:
+        _print_json(report)
+    return LOST_MESSAGES if any(not letter["redriven"] for letter in report["stats"]["deadLettered"]) else 0
 
 
 def _operate(args: argparse.Namespace) -> int:
     """Commands against a deployed table (credentials and region from the usual AWS environment)."""
-    from metering.model import PeriodRef  # noqa: PLC0415 - keeps --help fast
-    from metering.store import MeteringStore  # noqa: PLC0415
+    from metering_tools import operations  # noqa: PLC0415 - keeps --help fast
 
-    from metering_tools import operations  # noqa: PLC0415
-
-    store = MeteringStore(args.table)
+    store = operations.open_store(args.table)
     output: object
     if args.command in {"usage", "explain"}:
+        from metering.model import PeriodRef  # noqa: PLC0415
         from metering.outlook import parse_plan_prices  # noqa: PLC0415
         from metering.usage_view import ReadSettings  # noqa: PLC0415
 
-        settings = ReadSettings(
-            args.default_timezone, timedelta(hours=args.grace_hours), parse_plan_prices(args.plan_prices)
-        )
+        grace = timedelta(hours=args.grace_hours)
+        settings = ReadSettings(args.default_timezone, grace, parse_plan_prices(args.plan_prices))
         now = datetime.now(UTC)
         if args.command == "usage":
             output = operations.usage(store, args.account, args.period, now, settings)
@@ -189,17 +156,15 @@ def _operate(args: argparse.Namespace) -> int:
         corrected = args.corrected.read_text(encoding="utf-8").strip() if args.corrected else None
         operations.replay_rejected(store, args.month, args.event_id, args.queue_url, corrected)
         output = {"replayed": args.event_id}
-    json.dump(output, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    _print_json(output)
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """Until SIGINT or SIGTERM; stopped during the replay, it never served."""
-    from metering_tools.serving import ServeOptions, StopRequested, serve  # noqa: PLC0415 - keeps --help fast
+    from metering_tools.serving import StopRequested, serve  # noqa: PLC0415 - keeps --help fast
 
     try:
-        serve(ServeOptions(args.events, args.now, args.issuer_key, args.grace_hours, args.port))
+        serve(args.events, args.now, args.issuer_key, args.grace_hours, args.port)
     except StopRequested as signal_name:
         print(f"metering serve: {signal_name} before the replay finished; nothing served", file=sys.stderr)
     return 0
@@ -219,7 +184,6 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _invoices(args: argparse.Namespace) -> int:
-    """The invoices stored for a period, sorted by account, as JSON or a table."""
     from metering_tools import operations  # noqa: PLC0415 - keeps --help fast
 
     store = operations.open_store(args.table, args.endpoint_url)
@@ -227,8 +191,7 @@ def _invoices(args: argparse.Namespace) -> int:
     if args.format == "table":
         operations.print_invoices(rows)
     else:
-        json.dump(rows, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json(rows)
     return 0
 
 

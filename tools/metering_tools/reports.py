@@ -1,4 +1,4 @@
-"""What a metering table says, in the wire form of SPEC §4: invoices, usage, alerts, rejected and late events.
+"""What a metering table says in the wire form of SPEC §4: invoices, usage, alerts, rejected and late events.
 
 It reads the whole table (two Scans), so it is for replays, tests and small tables, never the hot path."""
 
@@ -7,26 +7,20 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from metering.model import CloseState
+from metering.model import PeriodRef, PeriodSeal
 from metering.rules import History, Subscription
 from metering.store.alerts import Alerts
-from metering.store.closing import decode_invoice, decode_state
 from metering.store.codec import Item, text
+from metering.store.invoices import decode_invoice
 from metering.store.keys import CONTACT_PREFIX, family, key_of, ref_from_pk
+from metering.store.seals import decode_seal
 from metering.store.subscriptions import decode_subscription
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
-
-
-def scan(client: DynamoDBClient, table_name: str, **filters: Any) -> list[Item]:
-    items: list[Item] = []
-    for page in client.get_paginator("scan").paginate(TableName=table_name, **filters):
-        items += page.get("Items", [])
-    return items
-
 
 Row = dict[str, Any]
 
@@ -36,30 +30,26 @@ def read_report(
 ) -> dict[str, list[Row]]:
     """Every list of the SPEC §4 report, each sorted by account, period, then threshold or event id. Usage
     counts the contact items of each period; `closed` says whether the period's close has sealed it."""
-    contact_pks = scan(
-        client,
-        table_name,
-        FilterExpression="begins_with(sk, :contact) AND sk <> :tally",
-        ExpressionAttributeValues={":contact": {"S": CONTACT_PREFIX}, ":tally": {"S": CONTACT_PREFIX}},
-        ProjectionExpression="pk",
-    )
+
+    def scan(condition: str, **options: Any) -> list[Item]:
+        values = {":contact": {"S": CONTACT_PREFIX}}
+        pages = client.get_paginator("scan").paginate(
+            TableName=table_name, FilterExpression=condition, ExpressionAttributeValues=values, **options
+        )
+        return [item for page in pages for item in page.get("Items", [])]
+
+    contacts = scan("begins_with(sk, :contact) AND sk <> :contact", ProjectionExpression="pk")
     items = _Items()
-    for item in scan(
-        client,
-        table_name,
-        FilterExpression="NOT begins_with(sk, :contact)",
-        ExpressionAttributeValues={":contact": {"S": CONTACT_PREFIX}},
-    ):
+    for item in scan("NOT begins_with(sk, :contact)"):
         items.add(item)
-    usage = items.usage(Counter(text(item, "pk") for item in contact_pks), default_timezone, grace)
+    usage = items.usage(Counter(text(item, "pk") for item in contacts), default_timezone, grace)
+    by_period = itemgetter("accountId", "period")
     return {
-        "invoices": sorted(items.invoices, key=lambda row: (row["accountId"], row["period"])),
-        "usage": sorted(usage, key=lambda row: (row["accountId"], row["period"])),
-        "alerts": sorted(
-            items.alerts, key=lambda row: (row["accountId"], row["period"], row["thresholdPercent"])
-        ),
-        "rejected": sorted(items.rejected.values(), key=lambda row: row["eventId"]),
-        "late": sorted(items.late, key=lambda row: (row["accountId"], row["period"], row["eventId"])),
+        "invoices": sorted(items.invoices, key=by_period),
+        "usage": sorted(usage, key=by_period),
+        "alerts": sorted(items.alerts, key=itemgetter("accountId", "period", "thresholdPercent")),
+        "rejected": sorted(items.rejected.values(), key=itemgetter("eventId")),
+        "late": sorted(items.late, key=itemgetter("accountId", "period", "eventId")),
     }
 
 
@@ -72,22 +62,20 @@ class _Items:
     rejected: dict[str, Row] = field(default_factory=dict)
     late: list[Row] = field(default_factory=list)
     changes: defaultdict[str, list[Subscription]] = field(default_factory=lambda: defaultdict(list))
-    states: dict[str, CloseState] = field(default_factory=dict)
+    seals: dict[str, PeriodSeal] = field(default_factory=dict)
 
     def add(self, item: Item) -> None:
         pk, sk = key_of(item)
         kind = family(pk, sk)
         if kind == "rejected":
-            self.rejected[text(item, "eventId")] = {
-                "eventId": text(item, "eventId"),
-                "reason": text(item, "reason"),
-            }
+            event_id = text(item, "eventId")
+            self.rejected[event_id] = {"eventId": event_id, "reason": text(item, "reason")}
         elif kind == "subscription":
             change = decode_subscription(item)
             self.changes[change.account_id].append(change)
         elif kind == "close state":
-            state = decode_state(item)
-            self.states[state.period] = state
+            seal = decode_seal(item)
+            self.seals[seal.period] = seal
         elif kind == "invoice":
             detail = decode_invoice(item).as_detail()
             del detail["invoiceId"], detail["issuedAt"]
@@ -95,36 +83,23 @@ class _Items:
         elif kind == "alerts":
             ref, claims = Alerts.decode(item)
             self.alerts += [
-                {
-                    "accountId": ref.account_id,
-                    "period": ref.period,
-                    "thresholdPercent": percent,
-                    "allowance": claim.allowance,
-                }
+                {**_period_row(ref), "thresholdPercent": percent, "allowance": claim.allowance}
                 for percent, claim in claims.items()
             ]
         elif kind == "late":
-            ref = ref_from_pk(pk)
-            self.late.append(
-                {"eventId": text(item, "eventId"), "accountId": ref.account_id, "period": ref.period}
-            )
+            self.late.append({"eventId": text(item, "eventId"), **_period_row(ref_from_pk(pk))})
 
     def usage(self, counts: Counter[str], default_timezone: str, grace: timedelta) -> list[Row]:
         rows = []
         for pk, active in counts.items():
             ref = ref_from_pk(pk)
-            history = History.of(self.changes.get(ref.account_id, ()), default_timezone).for_period(
-                ref.period
-            )
-            closed = self.states.get(ref.period, CloseState(ref.period)).seals(
-                history.close_instant(ref.period, grace)
-            )
-            rows.append(
-                {
-                    "accountId": ref.account_id,
-                    "period": ref.period,
-                    "activeContacts": active,
-                    "closed": closed,
-                }
-            )
+            changes = self.changes.get(ref.account_id, ())
+            history = History.of(changes, default_timezone).for_period(ref.period)
+            seal = self.seals.get(ref.period, PeriodSeal(ref.period))
+            closed = seal.seals(history.close_instant(ref.period, grace))
+            rows.append({**_period_row(ref), "activeContacts": active, "closed": closed})
         return rows
+
+
+def _period_row(ref: PeriodRef) -> Row:
+    return {"accountId": ref.account_id, "period": ref.period}

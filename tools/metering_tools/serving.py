@@ -1,22 +1,20 @@
 """`metering serve`: the Usage API of a replayed month on 127.0.0.1, for curl and the CRM's developers.
 
-Each request goes the way API Gateway's HTTP API takes it: the route `template.yaml` declares for it, the JWT
-authorizer's checks (a 401, or a 403 for a token without the route's scopes, that never reaches the function),
-then the event of a Lambda integration with payload format 2.0 (stage `$default`), handed to the same handler
-`simulate` loads, as its template role. The function's answer becomes the HTTP response by the rules of that
-format."""
+Requests go as on API Gateway's HTTP API: to the route of `template.yaml` it would choose, past its JWT
+authorizer (a 401, or a 403 without the route's scopes), as a payload format 2.0 event (stage `$default`) to
+the handler `simulate` loads, under its template role; the answer becomes HTTP by that format's rules."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,18 +23,60 @@ from types import FrameType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from metering_tools.api_routes import RouteTable, route_table
-from metering_tools.provisioning import function_configs, load_template
 from metering_tools.simulate import Simulation, SimulationOptions, simulate
+from metering_tools.template import ApiRoute, functions
 from metering_tools.testkit import ACCOUNT
 from metering_tools.tokens import Authorization, LocalAuthorizer, Unauthorized, issuer_key
 
 FUNCTION = "UsageApi"
 LOOPBACK = "127.0.0.1"
-STAGE = "$default"
-API_ID = "local"
+DEFAULT_ROUTE = "$default"
+_PARAMETER = re.compile(r"\{(\w+)(\+?)\}")
 
-Invoke = Callable[[dict[str, Any]], Any]
+
+@dataclass(frozen=True, slots=True)
+class Route(ApiRoute):
+    pattern: re.Pattern[str]
+
+    @property
+    def key(self) -> str:
+        return DEFAULT_ROUTE if self.path is None else f"{self.method} {self.path}"
+
+    def preference(self) -> tuple[bool, bool, int, bool]:
+        """API Gateway's order: a route with a path before `$default`, without a greedy parameter before one
+        with it, with fewer parameters first, an exact method before `ANY`."""
+        greedy = self.path is None or "+}" in self.path
+        return (self.path is None, greedy, len(self.pattern.groupindex), self.method == "ANY")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    routes: tuple[Route, ...]
+
+    def select(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        """The route API Gateway would choose for the request and its path parameters; None: 404."""
+        for route in sorted(self.routes, key=Route.preference):
+            if route.method in ("ANY", method) and (matched := route.pattern.fullmatch(path)):
+                return route, matched.groupdict()
+        return None
+
+
+def route_table(routes: Iterable[ApiRoute]) -> RouteTable:
+    made = (Route(r.method, r.path, r.authorized, r.scopes, _path_pattern(r.path)) for r in routes)
+    return RouteTable(tuple(made))
+
+
+def _path_pattern(path: str | None) -> re.Pattern[str]:
+    """`{accountId}` matches one segment, `{proxy+}` the rest, `$default` (no path) any path. A trailing slash
+    routes as if it were not there (HTTP APIs declare no route ending in one)."""
+    if path is None:
+        return re.compile(".*", re.DOTALL)
+    pattern = re.escape(path)
+    for parameter in _PARAMETER.finditer(path):
+        name, greedy = parameter.groups()
+        group = f"(?P<{name}>.+)" if greedy else f"(?P<{name}>[^/]+)"
+        pattern = pattern.replace(re.escape(parameter[0]), group)
+    return re.compile(pattern + "/?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +92,8 @@ def gateway_error(status: int, message: str, headers: list[tuple[str, str]] | No
     return HttpResponse(status, [("content-type", "application/json"), *(headers or [])], body)
 
 
-UNAUTHORIZED_CHALLENGE = [("www-authenticate", "Bearer")]
-
-
 @dataclass(frozen=True, slots=True)
 class IncomingRequest:
-    """An HTTP request as the gateway receives it."""
-
     method: str
     target: str
     """The request line's target: path and query, percent-encoded as sent."""
@@ -66,6 +101,11 @@ class IncomingRequest:
     body: bytes
     source_ip: str
     protocol: str = "HTTP/1.1"
+
+    @property
+    def path(self) -> str:
+        """The path as API Gateway's HTTP API routes it and hands it on: percent-decoded."""
+        return unquote(urlsplit(self.target).path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,84 +115,63 @@ class RouteMatch:
     path_parameters: dict[str, str]
 
 
-def request_path(request: IncomingRequest) -> str:
-    """The path as API Gateway's HTTP API routes it and hands it on: percent-decoded."""
-    return unquote(urlsplit(request.target).path)
-
-
 def request_event(
     request: IncomingRequest, route: RouteMatch, authorization: Authorization | None, now: datetime
 ) -> dict[str, Any]:
     """The event API Gateway's HTTP API hands a Lambda integration (payload format 2.0): header names lower
-    case, repeated headers joined by commas, cookies apart, the path decoded, the query string raw and
-    parsed (repeated parameters joined by commas), the authorizer's claims and scopes."""
+    case, repeated headers and query parameters joined by commas, cookies apart, the path decoded."""
     query_string = urlsplit(request.target).query
-    path = request_path(request)
-    headers: dict[str, str] = {}
-    cookies: list[str] = []
-    for name, value in request.headers:
-        lower = name.lower()
-        if lower == "cookie":
-            cookies.extend(cookie.strip() for cookie in value.split(";") if cookie.strip())
-        else:
-            headers[lower] = f"{headers[lower]},{value}" if lower in headers else value
+    fields = [(name.lower(), value) for name, value in request.headers]
+    cookies = [c.strip() for name, value in fields if name == "cookie" for c in value.split(";") if c.strip()]
+    headers = _comma_joined((name, value) for name, value in fields if name != "cookie")
     headers.setdefault("x-forwarded-for", request.source_ip)
     headers.setdefault("x-forwarded-proto", "http")
     headers.setdefault("x-amzn-trace-id", f"Root=1-{int(now.timestamp()):08x}-{secrets.token_hex(12)}")
-    request_id = base64.b64encode(secrets.token_bytes(10)).decode()
     domain_name = headers.get("host", LOOPBACK)
+    query = _comma_joined(parse_qsl(query_string, keep_blank_values=True))
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": route.key,
-        "rawPath": path,
+        "rawPath": request.path,
         "rawQueryString": query_string,
-    }
-    if cookies:
-        event["cookies"] = cookies
-    event["headers"] = headers
-    query = _query_parameters(query_string)
-    if query:
-        event["queryStringParameters"] = query
-    event["requestContext"] = {
-        "accountId": ACCOUNT,  # the local stack's AWS account, as moto names it
-        "apiId": API_ID,
-        **({} if authorization is None else {"authorizer": authorization.as_event()}),
-        "domainName": domain_name,
-        "domainPrefix": domain_name.split(".", 1)[0],
-        "http": {
-            "method": request.method,
-            "path": path,
-            "protocol": request.protocol,
-            "sourceIp": request.source_ip,
-            "userAgent": headers.get("user-agent", ""),
+        **({"cookies": cookies} if cookies else {}),
+        "headers": headers,
+        **({"queryStringParameters": query} if query else {}),
+        "requestContext": {
+            "accountId": ACCOUNT,  # the local stack's AWS account, as moto names it
+            "apiId": "local",
+            **({} if authorization is None else {"authorizer": authorization.as_event()}),
+            "domainName": domain_name,
+            "domainPrefix": domain_name.split(".", 1)[0],
+            "http": {
+                "method": request.method,
+                "path": request.path,
+                "protocol": request.protocol,
+                "sourceIp": request.source_ip,
+                "userAgent": headers.get("user-agent", ""),
+            },
+            "requestId": base64.b64encode(secrets.token_bytes(10)).decode(),
+            "routeKey": route.key,
+            "stage": "$default",
+            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "timeEpoch": int(now.timestamp() * 1000),
         },
-        "requestId": request_id,
-        "routeKey": route.key,
-        "stage": STAGE,
-        "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
-        "timeEpoch": int(now.timestamp() * 1000),
+        **({"pathParameters": route.path_parameters} if route.path_parameters else {}),
     }
-    if route.path_parameters:
-        event["pathParameters"] = route.path_parameters
+    event["isBase64Encoded"] = False
     if request.body:
-        event.update(_event_body(request.body))
-    else:
-        event["isBase64Encoded"] = False
+        try:
+            event["body"] = request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            event.update(body=base64.b64encode(request.body).decode(), isBase64Encoded=True)
     return event
 
 
-def _query_parameters(raw_query: str) -> dict[str, str]:
-    parameters: dict[str, str] = {}
-    for name, value in parse_qsl(raw_query, keep_blank_values=True):
-        parameters[name] = f"{parameters[name]},{value}" if name in parameters else value
-    return parameters
-
-
-def _event_body(body: bytes) -> dict[str, Any]:
-    try:
-        return {"body": body.decode("utf-8"), "isBase64Encoded": False}
-    except UnicodeDecodeError:
-        return {"body": base64.b64encode(body).decode(), "isBase64Encoded": True}
+def _comma_joined(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    joined: dict[str, str] = {}
+    for name, value in pairs:
+        joined[name] = f"{joined[name]},{value}" if name in joined else value
+    return joined
 
 
 def http_response(result: Any) -> HttpResponse:
@@ -182,30 +201,26 @@ class Gateway:
 
     routes: RouteTable
     authorizer: LocalAuthorizer
-    invoke: Invoke
+    invoke: Callable[[dict[str, Any]], Any]
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _open: bool = field(default=True, init=False)
 
     def handle(self, request: IncomingRequest) -> tuple[HttpResponse, str | None]:
         """The response, and why it is not the function's (for the server's log; never the token)."""
-        selected = self.routes.select(request.method, request_path(request))
+        selected = self.routes.select(request.method, request.path)
         if selected is None:
             return gateway_error(404, "Not Found"), "no route takes this request"
-        route, path_parameters = selected
+        route, parameters = selected
         authorization = None
         if route.authorized:
-            token_header = next(
-                (value for name, value in request.headers if name.lower() == "authorization"), None
-            )
+            header = next((value for name, value in request.headers if name.lower() == "authorization"), None)
             try:
-                authorization = self.authorizer.authorize(token_header)
+                authorization = self.authorizer.authorize(header)
             except Unauthorized as refusal:
-                return gateway_error(401, "Unauthorized", UNAUTHORIZED_CHALLENGE), str(refusal)
+                return gateway_error(401, "Unauthorized", [("www-authenticate", "Bearer")]), str(refusal)
             if route.scopes and not route.scopes & set(authorization.scopes):
                 return gateway_error(403, "Forbidden"), f"the token has none of the scopes of {route.key}"
-        event = request_event(
-            request, RouteMatch(route.key, path_parameters), authorization, datetime.now(UTC)
-        )
+        event = request_event(request, RouteMatch(route.key, parameters), authorization, datetime.now(UTC))
         with self._lock:
             if not self._open:
                 return gateway_error(503, "Service Unavailable"), "the server is stopping"
@@ -227,15 +242,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
     server: GatewayServer
 
     def _serve(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        request = IncomingRequest(
-            method=self.command,
-            target=self.path,
-            headers=list(self.headers.items()),
-            body=self.rfile.read(length) if length > 0 else b"",
-            source_ip=self.client_address[0],
-            protocol=self.request_version,
-        )
+        body = self.rfile.read(max(0, int(self.headers.get("content-length") or 0)))
+        headers, source_ip = list(self.headers.items()), self.client_address[0]
+        request = IncomingRequest(self.command, self.path, headers, body, source_ip, self.request_version)
         response, refusal = self.server.gateway.handle(request)
         if refusal is not None:
             self.log_message("%s %s: %s", self.command, urlsplit(self.path).path, refusal)
@@ -264,40 +273,28 @@ class GatewayServer(ThreadingHTTPServer):
         return f"http://{LOOPBACK}:{self.server_address[1]}"
 
 
-@dataclass(frozen=True, slots=True)
-class ServeOptions:
-    events_path: Path
-    now: datetime
-    issuer_key: Path
-    grace_hours: float | None = None
-    port: int = 0
-
-
 class StopRequested(Exception):
     """SIGINT or SIGTERM arrived before the API was up: the replay is abandoned."""
 
 
-def serve(options: ServeOptions) -> None:
-    """Replay the month as `simulate` does, then serve the Usage API until SIGINT or SIGTERM. The port is
-    bound before the replay, so a port in use fails at once; `listening on ...` goes to the real stdout once
-    requests are answered (simulate sends stdout to stderr while it runs)."""
-    template = load_template()
-    function = function_configs(template).get(FUNCTION)
+def serve(
+    events_path: Path, now: datetime, key_path: Path, grace_hours: float | None = None, port: int = 0
+) -> None:
+    """The port is bound before the replay, so a port in use fails at once; `listening on ...` goes to the
+    real stdout once requests are answered (simulate sends stdout to stderr while it runs)."""
+    function = functions().get(FUNCTION)
     if function is None:
         raise SystemExit(f"metering serve: template.yaml has no {FUNCTION} function")
-    routes = route_table(template, function.logical_id)
-    authorizer = LocalAuthorizer.of(issuer_key(options.issuer_key))
-    stop = threading.Event()
-    serving = threading.Event()
+    routes = route_table(function.routes)
+    authorizer = LocalAuthorizer.of(issuer_key(key_path))
+    stop, serving = threading.Event(), threading.Event()
     try:
-        server = GatewayServer(options.port)
+        server = GatewayServer(port)
     except OSError as exc:
-        raise SystemExit(
-            f"metering serve: cannot listen on {LOOPBACK}:{options.port}: {exc.strerror}"
-        ) from exc
+        raise SystemExit(f"metering serve: cannot listen on {LOOPBACK}:{port}: {exc.strerror}") from exc
 
     def serve_replayed(run: Simulation) -> None:
-        run.module(FUNCTION).API.clock = lambda: options.now  # the API answers as of the replay's --now
+        run.module(FUNCTION).API.clock = lambda: now  # the API answers as of the replay's --now
         server.gateway = Gateway(routes, authorizer, lambda event: run.invoke(FUNCTION, event))
         loop = threading.Thread(target=server.serve_forever, name="usage-api", daemon=True)
         loop.start()
@@ -308,27 +305,16 @@ def serve(options: ServeOptions) -> None:
         server.gateway.close()
         loop.join()
 
-    with server, _stop_signals(stop, serving):
-        simulate(
-            SimulationOptions(
-                events_path=options.events_path, now=options.now, grace_hours=options.grace_hours
-            ),
-            after_replay=serve_replayed,
-        )
-
-
-@contextmanager
-def _stop_signals(stop: threading.Event, serving: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM stop the server; before it serves they abandon the replay (`StopRequested`)."""
-
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        """SIGINT and SIGTERM stop the server; before it serves they abandon the replay."""
         stop.set()
         if not serving.is_set():
             raise StopRequested(signal.Signals(signum).name)
 
-    previous = {number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+    with server:
+        previous = {number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            simulate(SimulationOptions(events_path, now, grace_hours), after_replay=serve_replayed)
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)

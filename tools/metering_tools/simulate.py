@@ -1,12 +1,10 @@
 """`metering simulate`: replay an EventBridge archive through the real handlers and report what is billed.
 
-The harness plays the parts AWS plays in production and nothing else: it delivers the envelopes to
-RecordActivity as SQS batches, redelivers records the handler reports as failed, drains the fan-out and
-close queues into their functions, and fires the hourly schedule at each period's close instant. Batch
-sizes, timeouts, receive limits and the functions' environment come from `template.yaml`. On embedded moto
-each function runs as its template role (`testkit.RoleGuard`), as the end-to-end tests do. It counts
-DynamoDB calls on the functions' own clients through botocore's event hooks.
-"""
+The harness plays AWS's parts and nothing else: it delivers the envelopes to RecordActivity as SQS batches,
+redelivers what the handler reports as failed, drains the fan-out and close queues into their functions and
+fires the hourly schedule at each period's close instant, with the batch sizes, timeouts, receive limits and
+environment of `template.yaml`. On embedded moto each function runs as its template role (`roles.RoleGuard`),
+as in the end-to-end tests. DynamoDB calls are counted on the functions' own clients (botocore's hooks)."""
 
 from __future__ import annotations
 
@@ -18,7 +16,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -27,41 +25,24 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from metering import aws
+from metering.errors import StoreUnavailable
 from metering.events import CRM_EVENT, SubscriptionChanged
-from metering.model import StoreUnavailable
 from metering.placement import subscription_of
 from metering.rules import History, Subscription, utc_iso
 from pydantic import ValidationError
 
-from metering_tools.capacity import moto_partition_queries
-from metering_tools.provisioning import (
-    LocalStack,
-    function_configs,
-    function_environment,
-    load_template,
-    provision,
-    tear_down,
-)
+from metering_tools import testkit
+from metering_tools.capacity import shared_meter
+from metering_tools.embedded_moto import ENDPOINT_VARIABLE, embedded_aws, environment
+from metering_tools.local_stack import LocalStack, function_environment, provision, tear_down
 from metering_tools.reports import read_report
-from metering_tools.roles import CensusTally
-from metering_tools.testkit import (
-    DeliveredMessages,
-    FaultInjector,
-    LocalFunction,
-    RoleGuard,
-    SimulatedCrash,
-    TableStream,
-    local_functions,
-    simulated_waits,
-    sqs_record,
-)
+from metering_tools.roles import RoleGuard
+from metering_tools.template import load_template
 
 MAX_RECEIVES_WITH_FAULTS = 500
 """With injected faults, what reached the DLQ is redriven (as the runbook says) until this many receives."""
 WARNING_NAMES = 10
 """Dead-lettered messages a warning names (the report's `stats.deadLettered` names all)."""
-REGION = "eu-central-1"
-ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,105 +63,80 @@ class SimulationOptions:
 
 @dataclass(slots=True)
 class _Message:
+    """A message on its way to a function; its fields are `testkit.sqs_record`'s arguments."""
+
     message_id: str
     body: str
     sent_at: datetime
+    receipt_handle: str
+    """Given by SQS for a message received from a queue; for an archive line, its message id."""
     receive_count: int = 0
-    receipt_handle: str = ""
-
-    @property
-    def handle(self) -> str:
-        return self.receipt_handle or self.message_id
-
-    def as_sqs_record(self, queue_arn: str) -> dict[str, Any]:
-        return sqs_record(
-            self.body,
-            self.message_id,
-            receive_count=self.receive_count,
-            queue_arn=queue_arn,
-            sent_at=self.sent_at,
-            receipt_handle=self.handle,
-        )
 
 
-@dataclass(slots=True)
 class Simulation:
-    """One replay: its local stack, the loaded functions and what they did."""
+    """One replay: its local stack, the functions and what they did. It starts from fresh clients; each
+    handler module is imported at its first invocation, as a cold start does, with the stack's environment
+    set (a function the replay never invokes costs nothing)."""
 
-    options: SimulationOptions
-    stack: LocalStack
-    functions: Mapping[str, LocalFunction]
-    grace: timedelta
-    batch_size: int
-    guard: RoleGuard | None = None
-    modules: dict[str, ModuleType] = field(default_factory=dict)
-    invocations: Counter[str] = field(default_factory=Counter)
-    requests_before: tuple[Counter[str], Counter[str]] = field(default_factory=lambda: (Counter(), Counter()))
-    receives: Counter[int] = field(default_factory=Counter)
-    """Messages by the receives they needed (every queue the functions consume)."""
-    dead_letters: dict[tuple[str, str], DeadLetter] = field(default_factory=dict)
-    schedule: CloseSchedule = field(init=False)
-    events: int = 0
-    batches: int = 0
-    redeliveries: list[_Message] = field(default_factory=list)
-    report_client: Any = None
-    faults: FaultInjector | None = None
-    delivered: DeliveredMessages = field(default_factory=DeliveredMessages)
-    returned_for_others: int = 0
-    stream: TableStream | None = None
-
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        options: SimulationOptions,
+        stack: LocalStack,
+        functions: Mapping[str, testkit.LocalFunction],
+        guard: RoleGuard | None,
+    ) -> None:
+        self.options = options
+        self.stack = stack
+        self.functions = functions
+        self.guard = guard
+        self.grace = timedelta(hours=float(os.environ["GRACE_HOURS"]))
+        activity_queue = functions["RecordActivity"].config.sources["ActivityQueue"]
+        self.batch_size = options.batch_size or activity_queue.batch_size
         self.schedule = CloseSchedule(self.grace, os.environ["DEFAULT_TIMEZONE"])
-        if self.options.fault_rate > 0:
-            self.faults = FaultInjector(self.options.fault_rate, self.options.fault_seed)
-
-    def receive_limits(self, function_name: str, queue: str) -> tuple[int, int]:
-        """When a message moves to the queue's DLQ (its redrive policy's `maxReceiveCount`; a queue without
-        one redelivers until the message expires), and when the replay stops delivering it: then, or with
-        injected faults after the redrive the runbook prescribes, so the replay goes on until every message
-        is processed."""
-        limit = self.functions[function_name].config.sources[queue].max_receive_count
-        dead_letter_at = limit or MAX_RECEIVES_WITH_FAULTS
-        return dead_letter_at, MAX_RECEIVES_WITH_FAULTS if self.faults is not None else dead_letter_at
-
-    def load_functions(self) -> None:
-        """Start from fresh clients; each handler module is imported fresh at its first invocation, as a cold
-        start does, with the stack's environment set (a function the replay never invokes costs nothing)."""
+        rate = options.fault_rate
+        self.faults = testkit.FaultInjector(rate, options.fault_seed) if rate > 0 else None
+        self.modules: dict[str, ModuleType] = {}
+        """Each function's current container: its handler module."""
+        self.invocations: Counter[str] = Counter()
+        self.receives: Counter[int] = Counter()
+        """Messages by the receives they needed (every queue the functions consume)."""
+        self.dead_letters: dict[tuple[str, str], bool] = {}
+        """(queue, message id) of each message its queue's redrive policy moved to the DLQ: whether the replay
+        then redrove it (with injected faults, as the runbook does) or it is lost."""
+        self.events = 0
+        self.batches = 0
+        self.redeliveries: list[_Message] = []
+        self.delivered = testkit.DeliveredMessages()
+        self.returned_for_others = 0
         aws.reset_clients()
         self.requests_before = aws.DYNAMODB_REQUESTS.snapshot()
         self.report_client = boto3.client("dynamodb")
-        if any(function.config.stream for function in self.functions.values()):
-            self.stream = TableStream(self.stack.table_name, self.options.endpoint_url)
+        streamed = any(function.config.stream for function in functions.values())
+        self.stream = testkit.TableStream(stack.table_name, options.endpoint_url) if streamed else None
 
     def follow_stream(self, *, whole_batches_only: bool) -> None:
-        """Hand the table's new stream records to the function that consumes them, as its event source mapping
-        does: in batches of its size, a failed batch again until it is taken (`whole_batches_only`: as long
-        as the replay goes on, only full batches, as a busy stream fills them)."""
-        if self.stream is None:
-            return
+        """Hand the new stream records to their function as its event source mapping does: in batches of its
+        size, a failed one again from the record it reports as failed (a killed invocation's from its first)
+        until it is taken (`whole_batches_only`: while the replay goes on, as a busy stream fills them)."""
         for function_name, function in self.functions.items():
-            source = function.config.stream
-            if source is None:
+            if self.stream is None or (source := function.config.stream) is None:
                 continue
             self.stream.read(source)
             failures = 0
             for event in self.stream.batches(source, whole_only=whole_batches_only):
-                failed_sequence = self.deliver_stream_batch(function_name, event)
-                self.stream.taken(event, failed_sequence)
-                failures = failures + 1 if failed_sequence is not None else 0
+                resume_from: str | None
+                try:
+                    response = self.invoke(function_name, event)
+                except testkit.SimulatedCrash:
+                    self.restart(function_name)
+                    resume_from = str(event["Records"][0]["dynamodb"]["SequenceNumber"])
+                else:
+                    items = response.get("batchItemFailures", [])
+                    resume_from = min((str(item["itemIdentifier"]) for item in items), key=int, default=None)
+                self.stream.taken(event, resume_from)
+                failures = failures + 1 if resume_from is not None else 0
                 if failures > MAX_RECEIVES_WITH_FAULTS:
                     raise RuntimeError(f"{function_name} failed the same stream batch {failures} times")
-
-    def deliver_stream_batch(self, function_name: str, event: dict[str, Any]) -> str | None:
-        """Invoke with one stream batch: the sequence number from which it must be delivered again (the first
-        record of a failed or killed invocation), or None."""
-        try:
-            response = self.invoke(function_name, event)
-        except SimulatedCrash:
-            self.restart(function_name)
-            return str(event["Records"][0]["dynamodb"]["SequenceNumber"])
-        failures = response.get("batchItemFailures", [])
-        return min((str(item["itemIdentifier"]) for item in failures), key=int, default=None)
 
     def restart(self, function_name: str) -> None:
         """Lambda replaces the execution environment of an invocation that was killed: the next one is a
@@ -190,21 +146,18 @@ class Simulation:
             self.faults.restart()
 
     def module(self, function_name: str) -> ModuleType:
-        """The function's current container (its handler module), cold-started when it has none."""
         if function_name not in self.modules:
             self.modules[function_name] = self.functions[function_name].cold_start()
         return self.modules[function_name]
 
     def invoke(self, function_name: str, event: dict[str, Any]) -> Any:
-        """Invoke a function as Lambda does: on embedded moto as its own role."""
         self.invocations[function_name] += 1
         module = self.module(function_name)
-        handler = module.handler
 
         def instrumented(event: dict[str, Any], context: Any) -> Any:
             self.instrument()
             try:
-                return handler(event, context)
+                return module.handler(event, context)
             finally:
                 # metrics are off here, and Powertools keeps what it does not flush: it would print it all
                 # once a metric holds 100 values
@@ -216,13 +169,10 @@ class Simulation:
         return self.guard.invoke(function_name, instrumented, event, context)
 
     def instrument(self) -> None:
-        """Attach the capacity meter (embedded moto) and the fault injector to the clients the running
-        function uses. They are rebuilt whenever another function's role runs; attaching twice changes
-        nothing."""
+        """Attach the capacity meter (embedded moto) and the fault injector at each invocation: the clients
+        are rebuilt whenever another function's role runs (attaching twice changes nothing)."""
         if self.options.endpoint_url is None:
-            from metering_tools import capacity  # noqa: PLC0415 - a development tool, outside the Lambda layer
-
-            capacity.shared_meter(self.stack.table_name).attach(aws.dynamodb())
+            shared_meter(self.stack.table_name).attach(aws.dynamodb())
         self.delivered.attach(aws.sqs())
         if self.faults is not None:
             self.faults.attach(aws.dynamodb())
@@ -237,24 +187,24 @@ class Simulation:
         self.delivered.deleted.clear()
         if self.faults is not None:
             self.faults.failed_requests.clear()
+        records = [testkit.sqs_record(**asdict(message), queue_arn=queue_arn) for message in messages]
         failed: set[str] = {message.message_id for message in messages}
         try:
-            response = self.invoke(function_name, {"Records": [m.as_sqs_record(queue_arn) for m in messages]})
+            response = self.invoke(function_name, {"Records": records})
         except BatchProcessingError:
             pass
-        except SimulatedCrash:
+        except testkit.SimulatedCrash:
             self.restart(function_name)
         else:
             failed = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
             self.count_returned_for_others([m for m in messages if m.message_id in failed])
         deleted = self.delivered.deleted
-        return [m for m in messages if m.message_id in failed and m.handle not in deleted]
+        return [m for m in messages if m.message_id in failed and m.receipt_handle not in deleted]
 
     def count_returned_for_others(self, returned: Sequence[_Message]) -> None:
-        """Count the records an invocation returned although no failed request named their account while a
-        request of another account failed: the failure domain of a call is the account (or period) it is
-        for. A failed request that names no account (the close states, a claim-check object) may return any
-        record."""
+        """Count the records an invocation returned although only requests of other accounts failed: the
+        failure domain of a call is the account (or period) it is for. A failed request that names no account
+        (the close states, a claim-check object) may return any record."""
         if self.faults is None or not returned:
             return
         requests = self.faults.failed_requests
@@ -266,8 +216,12 @@ class Simulation:
                 self.returned_for_others += 1
 
     def deliver_until_done(self, function_name: str, messages: Sequence[_Message], queue: str) -> None:
-        """Deliver a batch and redeliver what fails, as SQS does, until it succeeds or dead-letters."""
-        dead_letter_at, give_up_at = self.receive_limits(function_name, queue)
+        """Deliver a batch and redeliver what fails, as SQS does, until it succeeds or reaches the DLQ at the
+        redrive policy's `maxReceiveCount` (without one, SQS redelivers until it expires). With injected
+        faults the replay then redrives it, as the runbook prescribes, so that every message is processed."""
+        source = self.functions[function_name].config.sources[queue]
+        dead_letter_at = source.max_receive_count or MAX_RECEIVES_WITH_FAULTS
+        give_up_at = MAX_RECEIVES_WITH_FAULTS if self.faults is not None else dead_letter_at
         pending = list(messages)
         while pending:
             failed = self.deliver(function_name, pending, queue)
@@ -275,8 +229,7 @@ class Simulation:
             self.receives.update(m.receive_count for m in pending if m.message_id not in failed_ids)
             for message in failed:
                 if message.receive_count in {dead_letter_at, give_up_at}:
-                    letter = DeadLetter(queue, message.message_id, message.receive_count < give_up_at)
-                    self.dead_letters[(queue, message.message_id)] = letter
+                    self.dead_letters[(queue, message.message_id)] = message.receive_count < give_up_at
             self.receives.update(m.receive_count for m in failed if m.receive_count >= give_up_at)
             pending = [m for m in failed if m.receive_count < give_up_at]
             self.drain_queue("RecordActivity", "FanOutQueue", self.stack.fanout_queue_url)
@@ -285,37 +238,26 @@ class Simulation:
         """Feed everything waiting in a local queue to its consumer in batches of the template's size."""
         sqs = boto3.client("sqs")
         batch_size = self.functions[function_name].config.sources[queue].batch_size
-        while True:
-            received = sqs.receive_message(
-                QueueUrl=queue_url, MaxNumberOfMessages=min(batch_size, 10), AttributeNames=["All"]
-            ).get("Messages", [])
-            if not received:
-                return
+        while received := sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=min(batch_size, 10), AttributeNames=["All"]
+        ).get("Messages", []):
             batch = [
-                _Message(m["MessageId"], m["Body"], datetime.now(UTC), receipt_handle=m["ReceiptHandle"])
-                for m in received
+                _Message(m["MessageId"], m["Body"], datetime.now(UTC), m["ReceiptHandle"]) for m in received
             ]
             for message in batch:
                 sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message.receipt_handle)
             self.deliver_until_done(function_name, batch, queue)
 
-    def batch_limit(self) -> int:
-        """The size of the next RecordActivity batch: the options' sizes in turn, else the template's."""
-        sizes = self.options.batch_sizes
-        return sizes[self.batches % len(sizes)] if sizes else self.batch_size
-
     def record(self, lines: Sequence[tuple[int, str, datetime]]) -> None:
         """Deliver one batch: the lines, after the messages SQS delivers a second time (`redelivered`
         lines come again, under the same message id, at the head of the batch after their first). A line's
         message id names its line number, so a rejected line is found in the file."""
-        messages = [_Message(f"line-{number}", body, sent) for number, body, sent in lines]
-        again = [
-            _Message(m.message_id, m.body, m.sent_at, receive_count=1)
-            for i, m in enumerate(messages, start=self.events)
-            if i in self.options.redelivered
-        ]
+        messages = [_Message(f"line-{number}", body, sent, f"line-{number}") for number, body, sent in lines]
         batch = self.redeliveries + messages
-        self.redeliveries = again
+        redelivered = self.options.redelivered
+        self.redeliveries = [
+            replace(m, receive_count=1) for i, m in enumerate(messages, self.events) if i in redelivered
+        ]
         self.events += len(lines)
         if batch:
             self.batches += 1
@@ -330,16 +272,18 @@ class Simulation:
             try:
                 self.invoke("ClosePeriods", {"scheduledTime": utc_iso(instant).replace(".000000Z", "Z")})
                 break
-            except SimulatedCrash:
+            except testkit.SimulatedCrash:
                 self.restart("ClosePeriods")
             except StoreUnavailable:
                 continue
         self.drain_queue("InvoiceAccount", "CloseQueue", self.stack.close_queue_url)
 
     def replay(self, envelopes: Iterator[tuple[int, str, datetime]]) -> None:
-        """Deliver the envelopes in order, in batches; whenever the clock reaches a period's close instant,
-        record what is waiting and run the close job as of that instant, before later events."""
+        """Deliver the envelopes in order, in batches (the options' sizes in turn, else the template's);
+        whenever the clock reaches a period's close instant, record what is waiting and run the close job as
+        of that instant, before later events; at the end, as of `now`."""
         pending: list[tuple[int, str, datetime]] = []
+        sizes = self.options.batch_sizes
         for number, body, sent_at in envelopes:
             for instant in self.schedule.due(sent_at):
                 self.record(pending)
@@ -347,18 +291,14 @@ class Simulation:
                 self.close_as_of(instant)
             pending.append((number, body, sent_at))
             self.schedule.learn(body)
-            if len(pending) >= self.batch_limit():
+            if len(pending) >= (sizes[self.batches % len(sizes)] if sizes else self.batch_size):
                 self.record(pending)
                 pending = []
         self.record(pending)
         self.record([])
         self.follow_stream(whole_batches_only=False)
-        now = self.options.now
-        instants = self.schedule.due(now)
-        for instant in instants:
+        for instant in sorted({*self.schedule.due(self.options.now), self.options.now}):
             self.close_as_of(instant)
-        if not instants or instants[-1] != now:
-            self.close_as_of(now)
 
     def report(self) -> dict[str, Any]:
         report: dict[str, Any] = dict(
@@ -367,46 +307,28 @@ class Simulation:
         calls, items = aws.DYNAMODB_REQUESTS.snapshot()
         calls.subtract(self.requests_before[0])
         items.subtract(self.requests_before[1])
+        counts = sorted(self.receives.elements())
         report["stats"] = {
             "events": self.events,
             "dynamodb": {name: count for name, count in sorted(calls.items()) if count},
             "dynamodbItems": {name: items[name] for name, count in sorted(calls.items()) if count},
             "invocations": dict(sorted(self.invocations.items())),
-            "receives": receive_stats(self.receives, self.returned_for_others),
-            "deadLettered": [letter.as_json() for letter in sorted(self.dead_letters.values())],
+            "receives": {
+                "max": counts[-1] if counts else 0,
+                "median": counts[(len(counts) - 1) // 2] if counts else 0,
+                "histogram": {str(count): self.receives[count] for count in sorted(self.receives)},
+                "returnedForOtherAccounts": self.returned_for_others,
+            },
+            "deadLettered": [
+                {"queue": queue, "messageId": message_id, "redriven": redriven}
+                for (queue, message_id), redriven in sorted(self.dead_letters.items())
+            ],
         }
         if self.faults is not None:
             report["stats"]["faults"] = dict(sorted(self.faults.injected.items()))
         if self.options.endpoint_url is None:
-            from metering_tools import capacity  # noqa: PLC0415 - a development tool, outside the Lambda layer
-
-            report["stats"]["capacity"] = capacity.shared_meter(self.stack.table_name).stats()
+            report["stats"]["capacity"] = shared_meter(self.stack.table_name).stats()
         return report
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class DeadLetter:
-    """A message that failed as often as its queue's redrive policy allows: on AWS it is now on the DLQ."""
-
-    queue: str
-    message_id: str
-    redriven: bool
-    """Whether the replay redrove it (with injected faults, as the runbook does); if not, it is lost."""
-
-    def as_json(self) -> dict[str, Any]:
-        return {"queue": self.queue, "messageId": self.message_id, "redriven": self.redriven}
-
-
-def receive_stats(receives: Counter[int], returned_for_others: int) -> dict[str, Any]:
-    """How many receives the most-received message needed, the median message, the histogram, and how many
-    records an invocation returned only because a request of another account failed."""
-    counts = sorted(receives.elements())
-    return {
-        "max": counts[-1] if counts else 0,
-        "median": counts[(len(counts) - 1) // 2] if counts else 0,
-        "histogram": {str(count): receives[count] for count in sorted(receives)},
-        "returnedForOtherAccounts": returned_for_others,
-    }
 
 
 @dataclass(slots=True)
@@ -473,61 +395,27 @@ def read_envelopes(path: Path) -> Iterator[tuple[int, str, datetime]]:
             body = raw.rstrip(b"\r\n").decode("utf-8", errors="backslashreplace")
             if not body.strip():
                 continue
-            clock = max(clock, _bus_time(body) or clock)
+            with contextlib.suppress(ValueError, TypeError, KeyError, IndexError):
+                stamp = datetime.fromisoformat(json.loads(body)["time"])
+                clock = max(clock, stamp) if stamp.tzinfo is not None else clock
             yield number, body, clock
-
-
-def _bus_time(body: str) -> datetime | None:
-    try:
-        stamp = datetime.fromisoformat(json.loads(body)["time"])
-    except (ValueError, TypeError, KeyError, IndexError):
-        return None
-    return stamp if stamp.tzinfo is not None else None
-
-
-@contextlib.contextmanager
-def _environment(values: Mapping[str, str | None]) -> Iterator[None]:
-    """Set (or, for None, unset) these variables for the block; restore them after it."""
-    saved = {name: os.environ.get(name) for name in values}
-    try:
-        for name, value in values.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextlib.contextmanager
 def _aws_backend(endpoint_url: str | None) -> Iterator[None]:
-    """Embedded moto by default, every client on it (endpoint variables set for other runs are ignored), its
-    Query answered from the queried partition (`capacity.moto_partition_queries`);
-    any endpoint otherwise (moto_server, LocalStack, DynamoDB Local...): `AWS_ENDPOINT_URL`, under which
-    botocore's per-service variables (`AWS_ENDPOINT_URL_DYNAMODB`, ...) still send their service elsewhere."""
-    if endpoint_url:
-        if boto3.session.Session().get_credentials() is None:
-            raise SystemExit(
-                f"metering simulate: no AWS credentials for {endpoint_url}. Set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY (any values for a local emulator), or AWS_PROFILE."
-            )
-        with _environment({ENDPOINT_VARIABLE: endpoint_url}):
+    """Embedded moto by default; any endpoint otherwise (moto_server, LocalStack, DynamoDB Local...):
+    `AWS_ENDPOINT_URL`, under which botocore's per-service variables (`AWS_ENDPOINT_URL_DYNAMODB`, ...) still
+    send their service elsewhere."""
+    if not endpoint_url:
+        with embedded_aws(testkit.REGION):
             yield
         return
-    from moto import mock_aws  # noqa: PLC0415 - moto is a development dependency, only needed here
-
-    embedded: dict[str, str | None] = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        **{name: None for name in os.environ if name.startswith(ENDPOINT_VARIABLE)},
-    }
-    with _environment(embedded), mock_aws(), moto_partition_queries():
+    if boto3.session.Session().get_credentials() is None:
+        raise SystemExit(
+            f"metering simulate: no AWS credentials for {endpoint_url}. Set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (any values for a local emulator), or AWS_PROFILE."
+        )
+    with environment({ENDPOINT_VARIABLE: endpoint_url}):
         yield
 
 
@@ -564,79 +452,57 @@ def function_settings(
 def simulate(
     options: SimulationOptions,
     on_stack: Callable[[LocalStack], None] | None = None,
-    census: CensusTally | None = None,
     after_replay: Callable[[Simulation], None] | None = None,
 ) -> dict[str, Any]:
-    """Run one replay and return the report of SPEC §4. On embedded moto each function runs as its template
-    role; a call a role does not grant is warned about, and every call is added to `census` when given.
-    `after_replay` runs with the replayed stack still up and its roles still enforced (`metering serve`)."""
+    """Run one replay and return the report of SPEC §4. `after_replay` runs with the replayed stack still up
+    and its roles still enforced (`metering serve`, the census)."""
     template = load_template()
+    # the functions' expected failures under injected faults are not news; real ones are, otherwise
+    log_level = os.environ.get("POWERTOOLS_LOG_LEVEL", "CRITICAL" if options.fault_rate else "ERROR")
     process = {
-        "AWS_DEFAULT_REGION": REGION,
+        "AWS_DEFAULT_REGION": testkit.REGION,
         "POWERTOOLS_METRICS_DISABLED": "true",
-        # the functions' expected failures under injected faults are not news; real ones are, otherwise
-        "POWERTOOLS_LOG_LEVEL": os.environ.get(
-            "POWERTOOLS_LOG_LEVEL", "CRITICAL" if options.fault_rate else "ERROR"
-        ),
+        "POWERTOOLS_LOG_LEVEL": log_level,
     }
     objects_dir = options.objects_dir or options.events_path.with_suffix(".objects")
     with (
-        _environment(process),
+        environment(process),
         _aws_backend(options.endpoint_url),
-        simulated_waits(),
+        testkit.simulated_waits(),
         contextlib.redirect_stdout(sys.stderr),
     ):
-        stack: LocalStack | None = None
+        stack = provision(f"sim-{uuid.uuid4().hex[:8]}", options.claim_check_bucket, template)
         try:
-            stack = provision(f"metering-sim-{uuid.uuid4().hex[:8]}", options.claim_check_bucket, template)
             upload_claim_checks(objects_dir, stack.claim_check_bucket)
             guard = RoleGuard.install(template, stack) if options.endpoint_url is None else None
-            settings = function_settings(options, template, stack)
             with (
-                _environment(settings),
+                environment(function_settings(options, template, stack)),
                 guard.enforced() if guard is not None else contextlib.nullcontext(),
             ):
-                run = Simulation(
-                    options,
-                    stack,
-                    local_functions(stack, template),
-                    grace=timedelta(hours=float(settings["GRACE_HOURS"])),
-                    batch_size=options.batch_size
-                    or function_configs(template)["RecordActivity"].sources["ActivityQueue"].batch_size,
-                    guard=guard,
-                )
-                run.load_functions()
+                run = Simulation(options, stack, testkit.local_functions(stack, template), guard)
                 if on_stack is not None:
                     on_stack(stack)
                 run.replay(read_envelopes(options.events_path))
                 report = run.report()
                 if after_replay is not None:
                     after_replay(run)
-            _warn(run, guard, census)
+            _warn(run, guard)
         finally:
-            if stack is not None and options.endpoint_url:
+            if options.endpoint_url:
                 tear_down(stack)
     return report
 
 
-def _warn(run: Simulation, guard: RoleGuard | None, census: CensusTally | None) -> None:
+def _warn(run: Simulation, guard: RoleGuard | None) -> None:
     """What the replay's operator should know: dead letters, injected faults, calls no role grants."""
-    if run.dead_letters:
-        letters = sorted(run.dead_letters.values())
-        for redriven, fate in (
-            (False, "dead-lettered and lost"),
-            (True, "reached their DLQ and were redriven"),
-        ):
-            named = [letter.message_id for letter in letters if letter.redriven is redriven]
-            if named:
-                shown = ", ".join(named[:WARNING_NAMES]) + (", ..." if len(named) > WARNING_NAMES else "")
-                print(f"warning: {len(named)} messages {fate} (stats.deadLettered): {shown}", file=sys.stderr)
+    letters = sorted(run.dead_letters.items())
+    for redriven, fate in ((False, "dead-lettered and lost"), (True, "reached their DLQ and were redriven")):
+        named = [message_id for (_, message_id), redrove in letters if redrove is redriven]
+        if named:
+            shown = ", ".join(named[:WARNING_NAMES]) + (", ..." if len(named) > WARNING_NAMES else "")
+            print(f"warning: {len(named)} messages {fate} (stats.deadLettered): {shown}", file=sys.stderr)
     if run.faults is not None:
         injected = ", ".join(f"{count} {kind}" for kind, count in sorted(run.faults.injected.items()))
         print(f"faults injected: {sum(run.faults.injected.values())} ({injected})", file=sys.stderr)
-    if guard is None:
-        return
-    for found in guard.ungranted():
-        print(f"warning: calls the function's role does not grant\n{found.describe()}", file=sys.stderr)
-    if census is not None:
-        census.add(guard.roles, guard.census)
+    if guard is not None and (refused := guard.refusals()):
+        print(f"warning: calls the functions' roles do not grant\n{refused}", file=sys.stderr)

@@ -1,7 +1,6 @@
-"""The handlers' test kit, one for the tests and `metering simulate`: a handler module loaded as a cold start,
-the Lambda context and the SQS events AWS hands it, injected faults, and the `RoleGuard` that runs each
-handler as the IAM role its `template.yaml` entry names, so what passes locally would pass in an AWS account.
-"""
+"""Lambda's part for the handlers run here, one for the tests and `metering simulate`: a handler module loaded
+as a cold start, the Lambda context, the SQS and stream events AWS hands it, simulated time and injected
+faults. `roles.RoleGuard` runs each handler as the IAM role its `template.yaml` entry names."""
 
 from __future__ import annotations
 
@@ -13,8 +12,8 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
@@ -22,33 +21,15 @@ from typing import Any
 import boto3
 from botocore.awsrequest import AWSResponse, HTTPHeaders
 from botocore.exceptions import ReadTimeoutError
-from metering import aws, retrying
+from metering import retrying
 
-from metering_tools.provisioning import (
-    STACK_ROOT,
-    FunctionConfig,
-    LocalStack,
-    StreamSource,
-    function_configs,
-)
-from metering_tools.roles import (
-    Census,
-    Findings,
-    FunctionIdentities,
-    Handler,
-    StackRoles,
-    census_findings,
-    local_resources,
-    stack_roles,
-)
+from metering_tools.local_stack import LocalStack
+from metering_tools.template import STACK_ROOT, FunctionConfig, StreamSource, functions
 
 FUNCTIONS_DIR = STACK_ROOT / "functions"
 REGION = "eu-central-1"
 ACCOUNT = "123456789012"
 ACTIVITY_QUEUE_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:metering-test-activity"
-
-
-# ---- handlers, contexts and events ----
 
 
 def cold_start(folder: str) -> ModuleType:
@@ -95,7 +76,6 @@ class LocalFunction:
     """The local ARN of each queue it consumes, by logical id (what `eventSourceARN` names)."""
 
     def context(self, remaining_seconds: float | None = None) -> LambdaContext:
-        """The context Lambda passes: the template's timeout ahead, unless `remaining_seconds` says less."""
         timeout = self.config.timeout_seconds if remaining_seconds is None else remaining_seconds
         return LambdaContext(self.function_name, timeout, function_arn=self.function_arn)
 
@@ -105,15 +85,15 @@ class LocalFunction:
 
 def local_functions(stack: LocalStack, template: Mapping[str, Any]) -> dict[str, LocalFunction]:
     """Every function of the template, named as the template names it for `stack`."""
-    resources = local_resources(template, stack)
+    resolver = stack.resolver(template)
     return {
         name: LocalFunction(
             config,
-            resources.refs[config.logical_id],
-            resources.attributes[config.logical_id]["Arn"],
-            {queue: resources.attributes[queue]["Arn"] for queue in config.sources},
+            resolver.refs[config.logical_id],
+            resolver.attributes[config.logical_id]["Arn"],
+            {queue: resolver.attributes[queue]["Arn"] for queue in config.sources},
         )
-        for name, config in function_configs(template).items()
+        for name, config in functions(template).items()
     }
 
 
@@ -174,15 +154,27 @@ class TableStream:
         """Records read and passed by the filter, not yet taken by the function: (shard id, record)."""
 
     def read(self, source: StreamSource) -> None:
-        """Read every shard from where it was left."""
         for shard_id, records in self._new_records():
             if records:
                 self._after[shard_id] = records[-1]["dynamodb"]["SequenceNumber"]
-            self.waiting += [(shard_id, self._as_delivered(r)) for r in records if source.passes(r)]
+            for record in filter(source.passes, records):
+                created = record["dynamodb"]["ApproximateCreationDateTime"]
+                seconds = int(created.timestamp() if isinstance(created, datetime) else float(created))
+                change = {**record["dynamodb"], "ApproximateCreationDateTime": seconds}
+                delivered = {**record, "awsRegion": REGION, "dynamodb": change, "eventSourceARN": self._arn}
+                self.waiting.append((shard_id, delivered))
 
     def _new_records(self) -> Iterator[tuple[str, list[dict[str, Any]]]]:
         if self._endpoint_url is None:
-            yield self._new_records_in_moto()
+            # embedded moto's one shard, read in memory: its streams API answers on a host name botocore no
+            # longer uses, and through it a replay would spend seconds serializing records
+            from moto.dynamodb.models import dynamodb_backends  # noqa: PLC0415 - moto only where it is embedded
+
+            shard = dynamodb_backends[ACCOUNT][REGION].get_table(self._table_name).stream_shard
+            assert shard is not None, "the table has no stream: the template's StreamSpecification is missing"
+            first = shard.starting_sequence_number
+            after = int(self._after.get(shard.id, first - 1))
+            yield shard.id, [record.to_json() for record in shard.items[after + 1 - first :]]
             return
         # the stream is served where the table is (a per-service endpoint variable may move DynamoDB)
         client = boto3.client("dynamodbstreams", endpoint_url=boto3.client("dynamodb").meta.endpoint_url)
@@ -193,32 +185,33 @@ class TableStream:
                 if shard_id in self._after
                 else {"ShardIteratorType": "TRIM_HORIZON"}
             )
-            cursor = client.get_shard_iterator(StreamArn=self._arn, ShardId=shard_id, **position)[
-                "ShardIterator"
-            ]
+            iterator = client.get_shard_iterator(StreamArn=self._arn, ShardId=shard_id, **position)
+            cursor = iterator["ShardIterator"]
             records: list[dict[str, Any]] = []
             while cursor and (answer := client.get_records(ShardIterator=cursor, Limit=1000))["Records"]:
                 records += answer["Records"]
                 cursor = answer.get("NextShardIterator")
             yield shard_id, records
 
-    def _new_records_in_moto(self) -> tuple[str, list[dict[str, Any]]]:
-        """Embedded moto's one shard, read in memory: its streams API answers on a host name botocore no
-        longer uses, and through it a replay would spend seconds serializing records."""
-        from moto.dynamodb.models import dynamodb_backends  # noqa: PLC0415 - moto only where it is embedded
-
-        shard = dynamodb_backends[ACCOUNT][REGION].get_table(self._table_name).stream_shard
-        assert shard is not None, "the table has no stream: the template's StreamSpecification is missing"
-        first = shard.starting_sequence_number
-        after = int(self._after.get(shard.id, first - 1))
-        return shard.id, [record.to_json() for record in shard.items[after + 1 - first :]]
-
     def batches(self, source: StreamSource, *, whole_only: bool) -> Iterator[dict[str, Any]]:
         """The next batch of each shard, while there is one (`whole_only`: only full batches)."""
         while self.waiting and (len(self.waiting) >= source.batch_size or not whole_only):
             shard_id = self.waiting[0][0]
             records = [record for shard, record in self.waiting if shard == shard_id][: source.batch_size]
-            yield self._event(shard_id, records)
+            window = datetime.fromtimestamp(records[0]["dynamodb"]["ApproximateCreationDateTime"], UTC)
+            window = window.replace(second=0)
+            yield {
+                "Records": records,
+                "window": {
+                    "start": f"{window:%Y-%m-%dT%H:%M:%SZ}",
+                    "end": f"{window + timedelta(minutes=1):%Y-%m-%dT%H:%M:%SZ}",
+                },
+                "state": {},
+                "shardId": shard_id,
+                "eventSourceARN": self._arn,
+                "isFinalInvokeForWindow": False,
+                "isWindowTerminatedEarly": False,
+            }
 
     def taken(self, event: Mapping[str, Any], failed_sequence: str | None) -> None:
         """The function took `event`'s records up to the one it reported as failed (that one and the rest of
@@ -233,31 +226,6 @@ class TableStream:
             for shard, record in self.waiting
             if shard != event["shardId"] or record["dynamodb"]["SequenceNumber"] not in taken
         ]
-
-    def _as_delivered(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        change = dict(record["dynamodb"])
-        created = change["ApproximateCreationDateTime"]
-        change["ApproximateCreationDateTime"] = int(
-            created.timestamp() if isinstance(created, datetime) else float(created)
-        )
-        return {**record, "awsRegion": REGION, "dynamodb": change, "eventSourceARN": self._arn}
-
-    def _event(self, shard_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
-        start = datetime.fromtimestamp(records[0]["dynamodb"]["ApproximateCreationDateTime"], UTC)
-        window = start.replace(second=0)
-        return {
-            "Records": records,
-            "window": {"start": utc_seconds(window), "end": utc_seconds(window + timedelta(minutes=1))},
-            "state": {},
-            "shardId": shard_id,
-            "eventSourceARN": self._arn,
-            "isFinalInvokeForWindow": False,
-            "isWindowTerminatedEarly": False,
-        }
-
-
-def utc_seconds(instant: datetime) -> str:
-    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class DeliveredMessages:
@@ -284,12 +252,6 @@ class DeliveredMessages:
         return answered(200), {"Successful": [{"Id": entry["Id"]} for entry in entries], "Failed": []}
 
 
-# ---- simulated time ----
-
-
-SIMULATED_WALL_START = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
-
-
 class SimulatedClock:
     """The functions' clock (`metering.retrying.CLOCK`) where waiting passes in simulated time: a backoff
     costs the replay nothing, and a retry budget still runs out after as much waiting as it would on AWS."""
@@ -306,7 +268,7 @@ class SimulatedClock:
     def wall(self) -> float:
         """Wall time that moves only with simulated waits, from a fixed instant: a claim's `claimedAt` (a
         number whose stored size depends on its digits) is the same in every replay."""
-        return SIMULATED_WALL_START + self.waited
+        return datetime(2026, 1, 1, tzinfo=UTC).timestamp() + self.waited
 
 
 @contextmanager
@@ -319,9 +281,6 @@ def simulated_waits() -> Iterator[SimulatedClock]:
         yield clock
     finally:
         retrying.CLOCK.now, retrying.CLOCK.sleep, retrying.CLOCK.wall = saved
-
-
-# ---- injected faults ----
 
 
 class SimulatedCrash(BaseException):
@@ -358,126 +317,36 @@ class FaultInjector:
         client.meta.events.register(f"before-call.{service}", self._before_call, unique_id=f"{key}-before")
         client.meta.events.register(f"after-call.{service}", self._after_call, unique_id=f"{key}-after")
 
-    def _draw(self) -> float:
-        with self._lock:
-            return self.random.random()
-
-    def _count(self, kind: str) -> None:
-        with self._lock:
-            self.injected[kind] += 1
-
     def _before_call(
         self, model: Any, params: dict[str, Any], context: dict[str, Any], **_: Any
     ) -> tuple[AWSResponse, dict[str, Any]] | None:
         with self._lock:
             if self._crashed:
                 raise SimulatedCrash(f"{model.name} after the crash")
-        draw = self._draw()
-        if draw >= self.rate:
-            return None
-        body = params.get("body", b"")
-        request = f"{params.get('url_path', '')} {body.decode() if isinstance(body, bytes) else body}"
-        with self._lock:
+            draw = self.random.random()
+            if draw >= self.rate:
+                return None
+            body = params.get("body", b"")
+            request = f"{params.get('url_path', '')} {body.decode() if isinstance(body, bytes) else body}"
             self.failed_requests.append(request)
-        share = draw / self.rate
-        if share < 0.1:
-            self._count("crash")
-            with self._lock:
+            share = draw / self.rate
+            if share < 0.1:
+                self.injected["crash"] += 1
                 self._crashed = True
-            raise SimulatedCrash(model.name)
-        if share < 0.45:
-            self._count("throttling")
-            dynamodb = model.service_model.service_name == "dynamodb"
-            code, status = ("ThrottlingException", 400) if dynamodb else ("SlowDown", 503)
-            return answered(status), {"Error": {"Code": code, "Message": "injected"}}
-        if share < 0.8 or model.name not in self.WRITES:
-            self._count("server error")
-            return answered(500), {"Error": {"Code": "InternalServerError", "Message": "injected"}}
+                raise SimulatedCrash(model.name)
+            if share < 0.45:
+                self.injected["throttling"] += 1
+                dynamodb = model.service_model.service_name == "dynamodb"
+                code, status = ("ThrottlingException", 400) if dynamodb else ("SlowDown", 503)
+                return answered(status), {"Error": {"Code": code, "Message": "injected"}}
+            if share < 0.8 or model.name not in self.WRITES:
+                self.injected["server error"] += 1
+                return answered(500), {"Error": {"Code": "InternalServerError", "Message": "injected"}}
         context["fail_after_write"] = True
         return None
 
     def _after_call(self, model: Any, context: dict[str, Any], **_: Any) -> None:
         if context.pop("fail_after_write", False):
-            self._count("timeout after write")
-            raise ReadTimeoutError(endpoint_url=f"injected after {model.name}")
-
-
-# ---- the functions' own roles ----
-
-
-@dataclass
-class _Activation:
-    function: str
-    holders: int
-    scope: ExitStack
-
-
-class RoleGuard:
-    """Each handler run as the IAM role its `template.yaml` entry names, on moto with IAM authentication on,
-    and the census of every call it makes: moto refuses an action the role does not grant, the census also
-    reports the resources moto does not check. What runs clean here would be allowed in an AWS account.
-
-    The default boto3 session is process-wide, as a Lambda container's environment is: one function at a
-    time. Invocations of the same function share its activation (threads racing two containers); one function
-    invoked inside another's invocation (a test interleaving them) runs as itself, and the outer one's
-    clients are rebuilt as its own when it resumes. After an invocation `metering.aws` keeps the function's
-    clients, as a warm container does, until another function runs."""
-
-    def __init__(self, roles: StackRoles, identities: FunctionIdentities) -> None:
-        """Guard with identities already created (`FunctionIdentities.create`); a census is attached."""
-        self.roles = roles
-        self.identities = identities
-        self.census = Census(roles.resources.region, roles.resources.account_id)
-        self.census.attach(identities)
-        self._lock = threading.RLock()
-        self._active: list[_Activation] = []
-
-    @classmethod
-    def install(cls, template: Mapping[str, Any], stack: LocalStack) -> RoleGuard:
-        """One identity per function with its template role, and a census on each. Call it after `provision`
-        and before `enforced()`: it creates IAM users and roles, which needs authentication still off."""
-        roles = stack_roles(template, stack)
-        identities = FunctionIdentities.create(
-            roles.policies, region=roles.resources.region, prefix=stack.table_name
-        )
-        return cls(roles, identities)
-
-    def enforced(self) -> AbstractContextManager[None]:
-        """IAM authentication on; outside an invocation, calls are the harness's (allowed everything)."""
-        return self.identities.enforced()
-
-    @contextmanager
-    def activated(self, function: str) -> Iterator[None]:
-        """Run the block as `function` (see the class for invocations that overlap)."""
-        with self._lock:
-            if self._active and self._active[-1].function == function:
-                self._active[-1].holders += 1
-            else:
-                exit_stack = ExitStack()
-                exit_stack.enter_context(self.identities.activate(function))
-                self._active.append(_Activation(function, 1, exit_stack))
-        try:
-            yield
-        finally:
             with self._lock:
-                activation = self._active[-1]
-                activation.holders -= 1
-                if activation.holders == 0:
-                    self._active.pop()
-                    activation.scope.close()
-                    if self._active:
-                        aws.reset_clients()
-
-    def invoke(self, function: str, handler: Handler, event: Any, context: Any) -> Any:
-        """Invoke a handler as `function` would be invoked by Lambda."""
-        with self.activated(function):
-            return handler(event, context)
-
-    def findings(self) -> dict[str, Findings]:
-        return census_findings(self.roles, self.census)
-
-    def ungranted(self) -> list[Findings]:
-        """Per function, the calls its role does not grant (resource ARNs included); nothing else."""
-        return [
-            replace(found, unused=[], conditional=[]) for found in self.findings().values() if found.ungranted
-        ]
+                self.injected["timeout after write"] += 1
+            raise ReadTimeoutError(endpoint_url=f"injected after {model.name}")

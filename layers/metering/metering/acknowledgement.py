@@ -4,7 +4,7 @@ The event source mapping deletes a batch's records when the invocation returns, 
 time-out none: all of them come back, and each receive counts towards the queue's `maxReceiveCount`. A batch
 with many contact writes ahead therefore deletes what is settled as it goes: the records with nothing left to
 do once the reads are done, then each wave's records once the wave is written and alerted. Deleting is one
-SQS request per ten records, paid only by batches that large (`recording.LARGE_BATCH_WRITES`).
+SQS request per ten records, paid only by batches that large (`recording.LARGE_BATCH_RECORDS`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from metering import gateways
-from metering.intake import InboundRecord
-from metering.model import RecordingOutcome
+from metering.message_parsing import InboundRecord
+from metering.recording_outcome import RecordingOutcome
 
 if TYPE_CHECKING:
     from metering.settings import RecorderSettings

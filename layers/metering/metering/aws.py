@@ -1,4 +1,5 @@
-"""AWS clients, built once per process (per Lambda container) and shared by every call."""
+"""AWS clients, built once per process (per Lambda container) and shared by every call, and the one mapping
+from their errors to what they mean for the caller: retry later, or a fault to surface."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
+)
+
+from metering.errors import ServiceMisconfigured, StoreUnavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -111,3 +121,50 @@ def reset_clients() -> None:
     """Forget the cached clients, so the next call builds them against the current environment."""
     for factory in (dynamodb, sqs, events, s3, sns, lambda_, secretsmanager):
         factory.cache_clear()
+
+
+RETRYABLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+        "BandwidthLimitExceeded",
+        "TooManyRequestsException",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "TransactionInProgressException",
+        "InternalServerError",
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+"""Codes a later retry can succeed with (throttling, server faults, time-outs), besides every code that names
+throttling (`ThrottlingException`, `KMS.ThrottlingException`, SQS's `KmsThrottled`, ...); any other code is
+one the caller cannot fix by retrying."""
+
+TRANSIENT_BOTOCORE_ERRORS = (ConnectionError, HTTPClientError, IncompleteReadError)
+"""Network trouble: connection failures, time-outs, a response body cut short."""
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def classify(exc: ClientError | BotoCoreError, service: str, operation: str, resource: str) -> Exception:
+    """The exception a failed call becomes: `StoreUnavailable` (retry) for throttling, server errors and
+    network trouble (connection failures, time-outs); `ServiceMisconfigured` for everything a retry cannot
+    fix (access denied, missing resources, invalid requests, missing credentials or region)."""
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in RETRYABLE_CODES or "Throttl" in code or status == 429 or status >= 500:
+            return StoreUnavailable(f"{service} {operation}: {code or status}")
+        message = str(exc.response.get("Error", {}).get("Message", ""))
+        return ServiceMisconfigured(service, operation, resource, code or str(status), message[:300])
+    if isinstance(exc, TRANSIENT_BOTOCORE_ERRORS):
+        return StoreUnavailable(f"{service} {operation} unreachable: {exc}")
+    return ServiceMisconfigured(service, operation, resource, type(exc).__name__, str(exc)[:300])

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from metering.model import PeriodRef, StoreUnavailable
+from metering.errors import StoreUnavailable
+from metering.model import PeriodRef
 from metering.retrying import RetryBudget
 from metering.store.counters import (
     LANE_RETENTION,

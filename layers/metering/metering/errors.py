@@ -1,59 +1,25 @@
-"""One mapping from AWS errors to what they mean for the caller: retry later, or a fault to surface."""
+"""The exceptions the layer's callers catch: a transient failure to retry, a fault to surface, and an event
+whose claim-check cannot be read. AWS errors are mapped to them once, in `metering.aws.classify`."""
 
 from __future__ import annotations
 
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    HTTPClientError,
-    IncompleteReadError,
-)
 
-from metering.model import ServiceMisconfigured, StoreUnavailable
-
-RETRYABLE_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
-        "LimitExceededException",
-        "BandwidthLimitExceeded",
-        "TooManyRequestsException",
-        "SlowDown",
-        "PriorRequestNotComplete",
-        "TransactionInProgressException",
-        "InternalServerError",
-        "InternalError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-    }
-)
-"""Codes a later retry can succeed with (throttling, server faults, time-outs), besides every code that names
-throttling (`ThrottlingException`, `KMS.ThrottlingException`, SQS's `KmsThrottled`, ...); any other code is
-one the caller cannot fix by retrying."""
-
-TRANSIENT_BOTOCORE_ERRORS = (ConnectionError, HTTPClientError, IncompleteReadError)
-"""Network trouble: connection failures, time-outs, a response body cut short."""
+class StoreUnavailable(Exception):
+    """A transient failure of a backing service (throttling, 5xx, time-out): the work must be retried."""
 
 
-def error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
+class ServiceMisconfigured(Exception):
+    """A call the service refused for a reason a retry cannot fix (access denied, a missing resource, a
+    malformed request): a deployment or programming fault. It fails the invocation, so the function's Errors
+    alarm fires on the first occurrence and the records go back to their queue (and on to its DLQ)."""
+
+    def __init__(self, service: str, operation: str, resource: str, code: str, message: str) -> None:
+        super().__init__(f"{service} {operation} on {resource} refused: {code}: {message}")
+        self.service = service
+        self.operation = operation
+        self.resource = resource
+        self.code = code
 
 
-def classify(exc: ClientError | BotoCoreError, service: str, operation: str, resource: str) -> Exception:
-    """The exception a failed call becomes: `StoreUnavailable` (retry) for throttling, server errors and
-    network trouble (connection failures, time-outs); `ServiceMisconfigured` for everything a retry cannot
-    fix (access denied, missing resources, invalid requests, missing credentials or region)."""
-    if isinstance(exc, ClientError):
-        code = error_code(exc)
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code in RETRYABLE_CODES or "Throttl" in code or status == 429 or status >= 500:
-            return StoreUnavailable(f"{service} {operation}: {code or status}")
-        message = str(exc.response.get("Error", {}).get("Message", ""))
-        return ServiceMisconfigured(service, operation, resource, code or str(status), message[:300])
-    if isinstance(exc, TRANSIENT_BOTOCORE_ERRORS):
-        return StoreUnavailable(f"{service} {operation} unreachable: {exc}")
-    return ServiceMisconfigured(service, operation, resource, type(exc).__name__, str(exc)[:300])
+class ClaimCheckInvalid(Exception):
+    """A claim-check object is missing or holds an invalid contact id: the event is rejected."""

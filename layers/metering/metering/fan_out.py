@@ -1,5 +1,5 @@
-"""Fan-out stage of recording: a judged rename of more contacts than one batch takes goes to the fan-out queue
-in chunks, each carrying the context the rename was judged in, so the chunks are recorded as the rename would
+"""Fan-out stage of recording: a placed rename of more contacts than one batch takes goes to the fan-out queue
+in chunks, each carrying the context the rename was placed in, so the chunks are recorded as the rename would
 have been. Grouping (`placement.period_work`) then sees only what this batch records itself."""
 
 from __future__ import annotations
@@ -9,38 +9,40 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from metering import gateways
+from metering.errors import StoreUnavailable
 from metering.events import FAN_OUT_SUFFIX, MAX_INLINE_CONTACT_IDS, StatusRenamed
-from metering.intake import FanOutContext, SubscriptionSnapshot
-from metering.model import RecordingOutcome, StoreUnavailable
-from metering.placement import ActivityEvent, Disposition, Judged, Unread
+from metering.message_parsing import FanOutContext, SubscriptionSnapshot
+from metering.placement import ActivityEvent, Disposition, PlacedEvent, Unread
+from metering.recording_outcome import RecordingOutcome
 
 if TYPE_CHECKING:
     from metering.settings import RecorderSettings
 
 
 def hand_off_large_renames(
-    judged: Sequence[Judged], settings: RecorderSettings, outcome: RecordingOutcome
-) -> list[Judged]:
-    """The judged entries this batch records: renames too large for one batch are sent to the fan-out queue
+    placed: Sequence[PlacedEvent], settings: RecorderSettings, outcome: RecordingOutcome
+) -> list[PlacedEvent]:
+    """The placed events this batch records: renames too large for one batch are sent to the fan-out queue
     instead; a rename that is late or sealed is late as a whole (kept, without its contacts). A rename whose
     chunks could not be sent fails its account's records."""
-    kept: list[Judged] = []
-    for item in judged:
-        entry, judgement = item.entry, item.judgement
+    kept: list[PlacedEvent] = []
+    for item in placed:
+        entry, placement = item.entry, item.placement
         contact_ids = entry.contact_ids or ()
         if entry.context is not None or len(contact_ids) <= MAX_INLINE_CONTACT_IDS:
             kept.append(item)
             continue
-        if judgement.disposition is not Disposition.OPEN:
-            kept.append(Judged(_without_contacts(entry), judgement))
+        if placement.disposition is not Disposition.OPEN:
+            kept.append(PlacedEvent(_without_contacts(entry), placement))
             continue
         assert isinstance(entry.event, StatusRenamed)
-        assert not isinstance(judgement.subscription, Unread)  # a rename to fan out is always judged
+        # a rename to fan out is placed with its account's history, so its subscription is read
+        assert not isinstance(placement.subscription, Unread)
         context = FanOutContext(
             original_event_id=entry.event.id,
-            period=judgement.ref.period,
-            close_instant=judgement.close_instant,
-            subscription=SubscriptionSnapshot.of(judgement.subscription) if judgement.subscription else None,
+            period=placement.ref.period,
+            close_instant=placement.close_instant,
+            subscription=SubscriptionSnapshot.of(placement.subscription) if placement.subscription else None,
         )
         try:
             gateways.send_messages(
@@ -55,7 +57,7 @@ def hand_off_large_renames(
 
 def fan_out_chunks(event: StatusRenamed, contact_ids: Sequence[str], context: FanOutContext) -> list[str]:
     """A huge rename as chunks of at most the inline limit, each an ordinary `Status Renamed` with a derived
-    id and the context its original was judged in."""
+    id and the context its original was placed in."""
     document = event.model_dump(mode="json", by_alias=True, exclude={"detail": {"contact_ids_object"}})
     bodies = []
     for index, start in enumerate(range(0, len(contact_ids), MAX_INLINE_CONTACT_IDS)):

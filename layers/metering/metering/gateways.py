@@ -1,6 +1,6 @@
 """S3, SQS, EventBridge, SNS, Lambda and Secrets Manager access: claim-check objects and secrets in; fan-out
-and close messages, events, notifications and hand-overs out. Errors are classified once (`metering.errors`):
-retry, or surface."""
+and close messages, events, notifications and hand-overs out. Errors are classified once
+(`metering.aws.classify`): retry, or surface."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from metering import aws
-from metering.errors import classify, error_code
+from metering.aws import classify, error_code
+from metering.errors import ClaimCheckInvalid, StoreUnavailable
 from metering.fields import ID_PATTERN
-from metering.model import ClaimCheckInvalid, StoreUnavailable
 
 PUBLISHED_SOURCE = "metering"
 PUT_EVENTS_LIMIT = 10

@@ -1,10 +1,8 @@
-"""Domain values passed between the recording and closing logic and the data-access layer."""
+"""Domain values passed between recording, sealing, billing, the read side and the data-access layer."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
@@ -58,8 +56,8 @@ class AlertRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class CloseState:
-    """How far the close of one period has got, for every account at once.
+class PeriodSeal:
+    """How far the close of one period has got, for every account at once (stored as its close state item).
 
     An account's period is sealed once its close instant (end in the account's zone + grace) is at or before
     `closed_through`; its invoice may be computed once `fenced_at` has passed (no recording that saw the
@@ -137,74 +135,3 @@ class LateEvent:
     detail_type: str
     occurred_at: str
     received_at: str
-
-
-class StoreUnavailable(Exception):
-    """A transient failure of a backing service (throttling, 5xx, time-out): the work must be retried."""
-
-
-class ServiceMisconfigured(Exception):
-    """A call the service refused for a reason a retry cannot fix (access denied, a missing resource, a
-    malformed request): a deployment or programming fault. It fails the invocation, so the function's Errors
-    alarm fires on the first occurrence and the records go back to their queue (and on to its DLQ)."""
-
-    def __init__(self, service: str, operation: str, resource: str, code: str, message: str) -> None:
-        super().__init__(f"{service} {operation} on {resource} refused: {code}: {message}")
-        self.service = service
-        self.operation = operation
-        self.resource = resource
-        self.code = code
-
-
-class ClaimCheckInvalid(Exception):
-    """A claim-check object is missing or holds an invalid contact id: the event is rejected."""
-
-
-@dataclass(frozen=True, slots=True)
-class RetryReason:
-    """Why records go back to their queue, and whose they are (an account, or one of its periods)."""
-
-    reason: str
-    records: int
-    """Records failed for this reason (0 for an account: all its records in the batch)."""
-    account_id: str | None = None
-    period: str | None = None
-
-
-@dataclass(slots=True)
-class RecordingOutcome:
-    """What a batch did; the handler turns it into the partial-batch response and metrics."""
-
-    failed_message_ids: set[str] = field(default_factory=set)
-    acknowledged_message_ids: set[str] = field(default_factory=set)
-    """Records deleted from their queue before the batch ended (settled): never retried, whatever follows."""
-    failed_accounts: set[str] = field(default_factory=set)
-    """Accounts all of whose records in the batch failed (a history read or a change's write kept failing)."""
-    retry_reasons: list[RetryReason] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)
-    late: list[LateEvent] = field(default_factory=list)
-    events_by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    activations: int = 0
-    duplicate_touches: int = 0
-    alerts: list[AlertRecord] = field(default_factory=list)
-    fanned_out_contacts: int = 0
-
-    @property
-    def retried_message_ids(self) -> set[str]:
-        """The records SQS must deliver again: failed, and still on their queue."""
-        return self.failed_message_ids - self.acknowledged_message_ids
-
-    def fail(self, message_ids: Iterable[str], reason: str, ref: PeriodRef | None = None) -> None:
-        """These records go back to their queue (SQS redelivers them)."""
-        messages = set(message_ids)
-        self.failed_message_ids |= messages
-        self.retry_reasons.append(
-            RetryReason(reason, len(messages), ref.account_id if ref else None, ref.period if ref else None)
-        )
-
-    def fail_account(self, account_id: str, reason: str, message_ids: Iterable[str] = ()) -> None:
-        """Every record of the account in the batch goes back to its queue (`recording.held_back` fails the
-        ones not named here), so its events are recorded again in delivery order."""
-        self.failed_accounts.add(account_id)
-        self.failed_message_ids.update(message_ids)
-        self.retry_reasons.append(RetryReason(reason, 0, account_id))

@@ -14,12 +14,13 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from metering.aws import DYNAMODB_REQUESTS
-from metering.model import ServiceMisconfigured
+from metering.errors import ServiceMisconfigured
 
 if TYPE_CHECKING:
-    from metering.closing import CloseBatch, CloseResult, CloseRun, ScheduledRun
+    from metering.billing import BillingBatch, BillingResult
     from metering.counting import CountOutcome, StreamedContact
-    from metering.model import RecordingOutcome
+    from metering.recording_outcome import RecordingOutcome
+    from metering.sealing import ScheduledRun, SealingRun
 
 logger = Logger()
 metrics = Metrics()
@@ -109,7 +110,7 @@ def emit_recording_metrics(outcome: RecordingOutcome) -> None:
         )
 
 
-def emit_close_batch_metrics(batch: CloseBatch) -> None:
+def emit_billing_metrics(batch: BillingBatch) -> None:
     for message_id, error in batch.unreadable.items():
         logger.error("close request unreadable", extra={"messageId": message_id, "error": error})
     for retried in batch.retried:
@@ -123,11 +124,11 @@ def emit_close_batch_metrics(batch: CloseBatch) -> None:
                 "reason": retried.reason,
             },
         )
-    for result in batch.closed:
-        _emit_close_metrics(result)
+    for result in batch.results:
+        _emit_billing_result_metrics(result)
 
 
-def _emit_close_metrics(result: CloseResult) -> None:
+def _emit_billing_result_metrics(result: BillingResult) -> None:
     metrics.add_metric(name=f"PeriodsClosed_{result.outcome.value}", unit=MetricUnit.Count, value=1)
     if result.invoice is not None:
         metrics.add_metric(name="InvoicesIssued", unit=MetricUnit.Count, value=1)
@@ -146,7 +147,7 @@ def _emit_close_metrics(result: CloseResult) -> None:
     )
 
 
-def emit_close_run_metrics(run: ScheduledRun, result: CloseRun) -> None:
+def emit_sealing_metrics(run: ScheduledRun, result: SealingRun) -> None:
     metrics.add_metric(name="ClosesScheduled", unit=MetricUnit.Count, value=result.requests_sent)
     metrics.add_metric(name="CloseRunsCompleted", unit=MetricUnit.Count, value=0 if result.handed_over else 1)
     logger.info(
@@ -163,9 +164,9 @@ def emit_close_run_metrics(run: ScheduledRun, result: CloseRun) -> None:
 __all__ = [
     "MetricUnit",
     "batch_item_failures",
-    "emit_close_batch_metrics",
-    "emit_close_run_metrics",
+    "emit_billing_metrics",
     "emit_recording_metrics",
+    "emit_sealing_metrics",
     "logger",
     "metrics",
     "surfaced_faults",

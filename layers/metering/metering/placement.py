@@ -1,7 +1,7 @@
-"""Placement: where each event of a batch belongs and how it is judged, decided in delivery order.
+"""Placement: where each event of a batch belongs and how it counts, decided in delivery order.
 
-Pure: given the batch, the subscription histories read before it and the close states of its periods, it
-decides for every activity event its period, its close instant, the subscription its alerts are judged with
+Pure: given the batch, the subscription histories read before it and the seals of its periods, it
+decides for every activity event its period, its close instant, the subscription its alerts are raised with
 and whether the period is open, sealed by the close job, or past its close instant. A `Subscription Changed`
 takes effect for the events delivered after it, exactly as if each event were its own batch. A change that
 arrives after a period was sealed is frozen out of that period: it moves neither its end nor its bill.
@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from enum import Enum, StrEnum
 
 from metering.events import MAX_INLINE_CONTACT_IDS, ContactEvent, StatusRenamed, SubscriptionChanged
-from metering.intake import FanOutContext
-from metering.model import Activation, CloseState, PeriodRef
+from metering.message_parsing import FanOutContext
+from metering.model import Activation, PeriodRef, PeriodSeal
 from metering.rules import (
     ZONE_REACH,
     History,
@@ -38,7 +38,7 @@ class Disposition(StrEnum):
 @dataclass(frozen=True, slots=True)
 class ActivityEvent:
     """An activity event at its place in the batch, with the contacts it touches (None: too many to record
-    here, they are fanned out) and, for a fan-out chunk, the context its original event was judged in."""
+    here, they are fanned out) and, for a fan-out chunk, the context its original event was placed in."""
 
     position: int
     message_id: str
@@ -83,7 +83,10 @@ EventSubscription = Subscription | None | Unread
 
 
 @dataclass(frozen=True, slots=True)
-class Judgement:
+class Placement:
+    """Where an activity event counts: its account-period, when that period closes for the account, the
+    subscription its alerts are raised with, and whether the period is open, sealed, or past its close."""
+
     ref: PeriodRef
     close_instant: datetime
     subscription: EventSubscription
@@ -91,9 +94,11 @@ class Judgement:
 
 
 @dataclass(frozen=True, slots=True)
-class Judged:
+class PlacedEvent:
+    """An activity event and its placement."""
+
     entry: ActivityEvent
-    judgement: Judgement
+    placement: Placement
 
     @property
     def account_id(self) -> str:
@@ -106,10 +111,10 @@ class Judged:
 
 @dataclass(slots=True)
 class BatchPlan:
-    """The batch's subscription changes to store (each as it must be stored) and its judged events."""
+    """The batch's subscription changes to store (each as it must be stored) and its placed events."""
 
     changes: list[ChangeEvent] = field(default_factory=list)
-    judged: list[Judged] = field(default_factory=list)
+    placed: list[PlacedEvent] = field(default_factory=list)
 
 
 def subscription_of(event: SubscriptionChanged) -> Subscription:
@@ -125,7 +130,7 @@ def subscription_of(event: SubscriptionChanged) -> Subscription:
     )
 
 
-def needs_judging(entry: ActivityEvent, close_states: Mapping[str, CloseState], grace: timedelta) -> bool:
+def needs_history(entry: ActivityEvent, seals: Mapping[str, PeriodSeal], grace: timedelta) -> bool:
     """Whether an event needs its account's history to be placed. One far from every month edge (so in its
     UTC month in every zone), early enough that its period cannot be closed or sealed yet, and small enough
     to be recorded here does not: it is open in its UTC month whatever the history says."""
@@ -134,21 +139,21 @@ def needs_judging(entry: ActivityEvent, close_states: Mapping[str, CloseState], 
     occurred, period = entry.event.occurred_at, utc_period(entry.event.occurred_at)
     near_edge = utc_period(occurred - ZONE_REACH) != period or utc_period(occurred + ZONE_REACH) != period
     earliest = earliest_close(period, grace)
-    state = close_states.get(period)
-    may_be_sealed = state is not None and (
-        state.complete or (state.closed_through is not None and state.closed_through >= earliest)
+    seal = seals.get(period)
+    may_be_sealed = seal is not None and (
+        seal.complete or (seal.closed_through is not None and seal.closed_through >= earliest)
     )
     fanned_out = entry.contact_ids is None or len(entry.contact_ids) > MAX_INLINE_CONTACT_IDS
     return near_edge or may_be_sealed or entry.event.time >= earliest or fanned_out
 
 
-def judge_batch(
+def place_batch(
     entries: Sequence[BatchEntry],
     histories: Mapping[str, History],
-    close_states: Mapping[str, CloseState],
+    seals: Mapping[str, PeriodSeal],
     grace: timedelta,
 ) -> BatchPlan:
-    """Walk the batch in delivery order. `histories` holds the accounts whose events need judging; the
+    """Walk the batch in delivery order. `histories` holds the accounts whose events need their history; the
     others' events are open in their UTC month with their subscription unread. A change already stored keeps
     the frozen periods it was stored with."""
     plan = BatchPlan()
@@ -157,58 +162,59 @@ def judge_batch(
         if isinstance(entry, ChangeEvent):
             history = current[entry.subscription.account_id]
             stored = next((c for c in history.changes if c.event_id == entry.subscription.event_id), None)
-            change = stored or freeze_sealed(entry.subscription, history, close_states, grace)
+            change = stored or freeze_sealed(entry.subscription, history, seals, grace)
             plan.changes.append(ChangeEvent(entry.position, entry.message_id, change))
             current[change.account_id] = history.with_change(change)
         elif entry.context is not None:
-            plan.judged.append(Judged(entry, _judge_chunk(entry, entry.context, close_states)))
+            plan.placed.append(PlacedEvent(entry, _place_chunk(entry, entry.context, seals)))
         elif entry.account_id in current:
-            plan.judged.append(Judged(entry, judge(entry, current[entry.account_id], close_states, grace)))
+            plan.placed.append(
+                PlacedEvent(entry, place_event(entry, current[entry.account_id], seals, grace))
+            )
         else:
-            plan.judged.append(Judged(entry, _place_in_utc_month(entry, grace)))
+            plan.placed.append(PlacedEvent(entry, _place_in_utc_month(entry, grace)))
     return plan
 
 
-def _place_in_utc_month(entry: ActivityEvent, grace: timedelta) -> Judgement:
+def _place_in_utc_month(entry: ActivityEvent, grace: timedelta) -> Placement:
     period = utc_period(entry.event.occurred_at)
-    return Judgement(
+    return Placement(
         PeriodRef(entry.account_id, period), earliest_close(period, grace), UNREAD, Disposition.OPEN
     )
 
 
-def judge(
-    entry: ActivityEvent, history: History, close_states: Mapping[str, CloseState], grace: timedelta
-) -> Judgement:
+def place_event(
+    entry: ActivityEvent, history: History, seals: Mapping[str, PeriodSeal], grace: timedelta
+) -> Placement:
+    """The placement of an event whose account's history was read."""
     event = entry.event
     period = history.place(event.occurred_at)
     for_period = history.for_period(period)
     close_instant = for_period.close_instant(period, grace)
-    state = close_states.get(period, CloseState(period))
+    seal = seals.get(period, PeriodSeal(period))
     if event.time >= close_instant:
         disposition = Disposition.LATE
-    elif state.seals(close_instant):
+    elif seal.seals(close_instant):
         disposition = Disposition.SEALED
     else:
         disposition = Disposition.OPEN
-    return Judgement(
+    return Placement(
         PeriodRef(event.account_id, period), close_instant, for_period.at(event.occurred_at), disposition
     )
 
 
-def _judge_chunk(
-    entry: ActivityEvent, context: FanOutContext, close_states: Mapping[str, CloseState]
-) -> Judgement:
-    state = close_states.get(context.period, CloseState(context.period))
-    return Judgement(
+def _place_chunk(entry: ActivityEvent, context: FanOutContext, seals: Mapping[str, PeriodSeal]) -> Placement:
+    seal = seals.get(context.period, PeriodSeal(context.period))
+    return Placement(
         PeriodRef(entry.account_id, context.period),
         context.close_instant,
         context.subscription.subscription() if context.subscription else None,
-        Disposition.SEALED if state.seals(context.close_instant) else Disposition.OPEN,
+        Disposition.SEALED if seal.seals(context.close_instant) else Disposition.OPEN,
     )
 
 
 def freeze_sealed(
-    change: Subscription, history: History, close_states: Mapping[str, CloseState], grace: timedelta
+    change: Subscription, history: History, seals: Mapping[str, PeriodSeal], grace: timedelta
 ) -> Subscription:
     """The change as it must be stored: frozen out of every period it reaches that is already sealed, under
     the history before it or after it (so a sealed period never moves, and one the change would seal
@@ -217,12 +223,12 @@ def freeze_sealed(
     reach_from = utc_period(change.effective_at - ZONE_REACH)
     frozen = {
         period
-        for period, state in close_states.items()
+        for period, seal in seals.items()
         if period >= reach_from
-        and (state.closed_through is not None or state.complete)
+        and (seal.closed_through is not None or seal.complete)
         and (
-            state.seals(history.for_period(period).close_instant(period, grace))
-            or state.seals(after.for_period(period).close_instant(period, grace))
+            seal.seals(history.for_period(period).close_instant(period, grace))
+            or seal.seals(after.for_period(period).close_instant(period, grace))
         )
     }
     return change if not frozen else _with_frozen(change, frozenset(frozen))
@@ -255,12 +261,12 @@ class PeriodWork:
     sealed: list[ActivityEvent] = field(default_factory=list)
     late: list[ActivityEvent] = field(default_factory=list)
 
-    def add(self, entry: ActivityEvent, judgement: Judgement) -> None:
+    def add(self, entry: ActivityEvent, placement: Placement) -> None:
         self.message_ids.add(entry.message_id)
         contacts = entry.contact_ids or ()
-        if judgement.disposition is Disposition.LATE:
+        if placement.disposition is Disposition.LATE:
             self.late.append(entry)
-        elif judgement.disposition is Disposition.SEALED:
+        elif placement.disposition is Disposition.SEALED:
             self.sealed.append(entry)
         else:
             for contact_id in contacts:
@@ -269,15 +275,15 @@ class PeriodWork:
                         self.ref, contact_id, entry.event_id, entry.event.detail_type, entry.event.occurred_at
                     )
                     self.origins[contact_id] = (entry.position, len(self.activations), entry.message_id)
-                    self.activations[contact_id] = (activation, judgement.subscription)
+                    self.activations[contact_id] = (activation, placement.subscription)
 
 
-def period_work(judged: Iterable[Judged]) -> dict[PeriodRef, PeriodWork]:
-    """Group judged events by account-period, keeping delivery order within each."""
+def period_work(placed: Iterable[PlacedEvent]) -> dict[PeriodRef, PeriodWork]:
+    """Group placed events by account-period, keeping delivery order within each."""
     work: dict[PeriodRef, PeriodWork] = {}
-    for item in judged:
-        ref = item.judgement.ref
+    for item in placed:
+        ref = item.placement.ref
         if ref not in work:
             work[ref] = PeriodWork(ref)
-        work[ref].add(item.entry, item.judgement)
+        work[ref].add(item.entry, item.placement)
     return work

@@ -1,8 +1,8 @@
 """Recording: a batch of CRM events becomes active contacts, exactly once per account, month and contact.
 
-Stages: intake (parse or reject, claim checks resolved: `batch_intake`) -> placement in delivery order (pure,
+Stages: intake (parse or reject, claim checks resolved: `intake_stage`) -> placement in delivery order (pure,
 `placement`) -> renames too large for a batch handed to the fan-out queue (`fan_out`) -> contact writes (one
-conditional put per new contact; which ones: `contacts_to_write`, pure) -> usage alerts (`alert_stage`) ->
+conditional put per new contact; which ones: `contacts_to_write`, pure) -> usage alerts (`alert_checks`) ->
 late events.
 A contact item is the record of activity: the count of a period is the number of its contact items, read
 with a Query when an alert may be due and at close. Nothing here keeps a running count that could drift.
@@ -24,29 +24,23 @@ from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from metering.acknowledgement import Acknowledgement
-from metering.alert_stage import AlertStage, NewContacts
-from metering.batch_intake import take_in
+from metering.alert_checks import AlertChecks, NewContacts
+from metering.errors import StoreUnavailable
 from metering.fan_out import hand_off_large_renames
-from metering.intake import InboundRecord
+from metering.intake_stage import take_in
 from metering.memory import Remembered
-from metering.model import (
-    Activation,
-    CloseState,
-    ContactRecord,
-    LateEvent,
-    PeriodRef,
-    RecordingOutcome,
-    StoreUnavailable,
-)
+from metering.message_parsing import InboundRecord
+from metering.model import Activation, ContactRecord, LateEvent, PeriodRef, PeriodSeal
 from metering.placement import (
     ActivityEvent,
     BatchEntry,
     ChangeEvent,
     PeriodWork,
-    judge_batch,
-    needs_judging,
+    needs_history,
     period_work,
+    place_batch,
 )
+from metering.recording_outcome import RecordingOutcome
 from metering.retrying import RetryBudget
 from metering.rules import History, periods_near, utc_iso, utc_period
 from metering.waves import Slice, account_groups, plan_waves
@@ -70,12 +64,12 @@ WAVE_REQUESTS = 64
 
 @dataclass(frozen=True, slots=True)
 class _Batch:
-    """What every group of a batch shares: its records, the close states read once, the retry budget, and
+    """What every group of a batch shares: its records, the period seals read once, the retry budget, and
     the outcome they add to."""
 
     records: Sequence[InboundRecord]
     retries: set[str]
-    close_states: dict[str, CloseState]
+    seals: dict[str, PeriodSeal]
     budget: RetryBudget
     outcome: RecordingOutcome
 
@@ -106,10 +100,10 @@ class Recorder:
     store: MeteringStore
     known: Remembered[tuple[PeriodRef, str]] = field(default_factory=lambda: Remembered(KNOWN_CONTACTS))
     """Contacts this container has seen active: a hit saves a read."""
-    alerts: AlertStage = field(init=False)
+    alerts: AlertChecks = field(init=False)
 
     def __post_init__(self) -> None:
-        self.alerts = AlertStage(self.settings, self.store)
+        self.alerts = AlertChecks(self.settings, self.store)
 
     def record(self, records: Sequence[InboundRecord], budget: RetryBudget) -> RecordingOutcome:
         """Record a batch. A call that keeps failing (after botocore's retries and ours within `budget`) fails
@@ -123,13 +117,13 @@ class Recorder:
         if not entries:
             return outcome
         try:
-            close_states = budget.call(lambda: self.store.close_states.read_since(earliest_period(entries)))
+            seals = budget.call(lambda: self.store.seals.read_since(earliest_period(entries)))
         except StoreUnavailable as exc:
             outcome.fail((entry.message_id for entry in entries), str(exc))
             return outcome
         large = len(records) >= LARGE_BATCH_RECORDS
         acknowledgement = Acknowledgement(records, self.settings, outcome) if large else None
-        batch = _Batch(records, retries, close_states, budget, outcome)
+        batch = _Batch(records, retries, seals, budget, outcome)
         if acknowledgement:
             taken = {entry.message_id for entry in entries}
             acknowledgement.settle(r.message_id for r in records if r.message_id not in taken)
@@ -150,13 +144,13 @@ class Recorder:
         entries in the batch): histories, placement, changes, fan-out, opening months, and the reads that
         say which contacts are already active."""
         outcome, budget = batch.outcome, batch.budget
-        histories = self._read_histories(entries, batch.close_states, budget, outcome)
+        histories = self._read_histories(entries, batch.seals, budget, outcome)
         entries = held_back(entries, outcome)
-        plan = judge_batch(entries, histories, batch.close_states, self.settings.grace)
+        plan = place_batch(entries, histories, batch.seals, self.settings.grace)
         self._save_changes(plan.changes, histories, budget, outcome)
-        judged = hand_off_large_renames(held_back(plan.judged, outcome), self.settings, outcome)
-        work = period_work(held_back(judged, outcome))
-        work = self._open_periods(work, batch.close_states, budget, outcome)
+        placed = hand_off_large_renames(held_back(plan.placed, outcome), self.settings, outcome)
+        work = period_work(held_back(placed, outcome))
+        work = self._open_periods(work, batch.seals, budget, outcome)
         active = self._read_active(work, outcome)
         pending, carried = contacts_to_write(work, active, batch.retries, self.known)
         return _Prepared(work, active, pending, carried)
@@ -182,19 +176,19 @@ class Recorder:
     def _read_histories(
         self,
         entries: Sequence[BatchEntry],
-        close_states: Mapping[str, CloseState],
+        seals: Mapping[str, PeriodSeal],
         budget: RetryBudget,
         outcome: RecordingOutcome,
     ) -> dict[str, History]:
-        """The histories of the accounts whose events need judging (consistent reads: the batch before this
-        one is always seen). An account whose read kept failing has all its records failed."""
+        """The histories of the accounts whose events need them to be placed (consistent reads: the batch
+        before this one is always seen). An account whose read kept failing has all its records failed."""
         accounts = {e.account_id for e in entries if isinstance(e, ChangeEvent)}
         accounts |= {
             e.account_id
             for e in entries
             if isinstance(e, ActivityEvent)
             and (
-                needs_judging(e, close_states, self.settings.grace)
+                needs_history(e, seals, self.settings.grace)
                 or self.alerts.wants_history(PeriodRef(e.account_id, utc_period(e.event.occurred_at)))
             )
         }
@@ -215,7 +209,7 @@ class Recorder:
         outcome: RecordingOutcome,
     ) -> None:
         """Store the subscription changes not stored yet (a redelivered one is in its history already); an
-        account whose change could not be stored has all its records failed (its later events were judged
+        account whose change could not be stored has all its records failed (its later events were placed
         with the change)."""
         new = [
             change
@@ -234,17 +228,17 @@ class Recorder:
     def _open_periods(
         self,
         work: Mapping[PeriodRef, PeriodWork],
-        states: dict[str, CloseState],
+        seals: dict[str, PeriodSeal],
         budget: RetryBudget,
         outcome: RecordingOutcome,
     ) -> dict[PeriodRef, PeriodWork]:
         """Before a period's first contact is written, the close job must know the period has activity (a
-        month opened is added to `states`, so later groups of the batch do not open it again). A month that
+        month opened is added to `seals`, so later groups of the batch do not open it again). A month that
         could not be opened has the records of its periods failed; the others go on."""
         unopened: set[str] = set()
-        for period in sorted({ref.period for ref, w in work.items() if w.activations} - set(states)):
+        for period in sorted({ref.period for ref, w in work.items() if w.activations} - set(seals)):
             try:
-                states[period] = budget.call(partial(self.store.close_states.open, period))
+                seals[period] = budget.call(partial(self.store.seals.open, period))
             except StoreUnavailable as exc:
                 unopened.add(period)
                 for ref, w in work.items():
@@ -394,7 +388,7 @@ def messages_with_work(
 
 
 def earliest_period(entries: Iterable[BatchEntry]) -> str:
-    """The earliest period an entry of the batch can belong to in any zone: close states are read from it."""
+    """The earliest period an entry of the batch can belong to in any zone: seals are read from it."""
     return min(_periods_reached(entries))
 
 

@@ -2,7 +2,7 @@
 
 A call that fails after botocore's own retries (a throttling storm on one partition, a service hiccup) often
 succeeds a moment later. Waiting for it inside the invocation is cheaper than a redelivery: a redelivered
-record is read, judged and written again, and counts towards its queue's `maxReceiveCount`. The wait is
+record is read, placed and written again, and counts towards its queue's `maxReceiveCount`. The wait is
 bounded by a share of the invocation's remaining time, so the work that follows still has time to finish.
 """
 
@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from metering.model import StoreUnavailable
+from metering.errors import StoreUnavailable
 
 RETRY_SHARE = 0.5
 """Share of an invocation's remaining time (at its start) in which failed calls may be tried again."""

@@ -12,7 +12,7 @@ from metering.fields import PlanName, TimezoneName
 from metering.outlook import parse_plan_prices
 
 if TYPE_CHECKING:
-    from metering.alerting import AlertChannels
+    from metering.alert_rules import AlertChannels
 
 
 def _split_csv(value: object) -> object:
@@ -73,7 +73,7 @@ class RecorderSettings(_Settings):
     @property
     def alert_channels(self) -> AlertChannels:
         # only RecordActivity publishes alerts: the other cold starts skip the event models alerting brings
-        from metering.alerting import AlertChannels  # noqa: PLC0415
+        from metering.alert_rules import AlertChannels  # noqa: PLC0415
 
         return AlertChannels(self.event_bus_name, self.usage_alert_topic_arn)
 

@@ -55,8 +55,9 @@ from metering.api_access import (
     RequestRefused,
 )
 from metering.cursors import CURSOR_PATTERN, MAX_CURSOR_LENGTH, Cursors, CursorScope
+from metering.errors import ServiceMisconfigured, StoreUnavailable
 from metering.fields import ID_PATTERN
-from metering.model import PeriodRef, ServiceMisconfigured, StoreUnavailable
+from metering.model import PeriodRef
 from metering.observability import MetricUnit, dynamodb_request_metrics, logger, metrics
 from metering.rules import ZONE_REACH, History, utc_period
 from metering.settings import ApiSettings

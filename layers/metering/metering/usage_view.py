@@ -16,7 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from metering.fields import BillingCycle, PlanName
-from metering.model import AlertRecord, CloseState, Invoice, PeriodRef
+from metering.model import AlertRecord, Invoice, PeriodRef, PeriodSeal
 from metering.outlook import Advice, Option, Projection, advise, shaped_projection
 from metering.rules import (
     CURRENCY,
@@ -154,12 +154,12 @@ def read_usage(
     end = for_period.period_end(period)
     closes_at = end + settings.grace
     may_be_closed = now >= closes_at
-    state = (
-        store.close_states.read_since(period, consistent=False).get(period, CloseState(period))
+    seal = (
+        store.seals.read_since(period, consistent=False).get(period, PeriodSeal(period))
         if may_be_closed
-        else CloseState(period)
+        else PeriodSeal(period)
     )
-    closed = state.seals(closes_at)
+    closed = seal.seals(closes_at)
     outcome = store.period_outcome(
         ref,
         with_invoice=may_be_closed,

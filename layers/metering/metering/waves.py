@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from metering.alert_stage import NewContacts
+from metering.alert_checks import NewContacts
 from metering.model import Activation, PeriodRef
 from metering.placement import BatchEntry, EventSubscription, PeriodWork
 

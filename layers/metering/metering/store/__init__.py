@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 from metering.model import AlertRecord, Invoice, PeriodRef
 from metering.outlook import PeriodShape
 from metering.store.alerts import Alerts
-from metering.store.closing import CloseStates, Invoices, decode_invoice
 from metering.store.contacts import Contacts
 from metering.store.counters import ContactCounter, Counters, decode_counter
+from metering.store.invoices import Invoices, decode_invoice
 from metering.store.keys import (
     ALERTS_SK,
     COUNTER_SK,
@@ -25,6 +25,7 @@ from metering.store.keys import (
 )
 from metering.store.listings import Listings
 from metering.store.rejections import Rejections
+from metering.store.seals import PeriodSeals
 from metering.store.shapes import PREVIOUS_SHAPE, SHAPE, Shapes, decode_shape
 from metering.store.subscriptions import Subscriptions
 from metering.store.table import WRITE_THREADS, Table
@@ -45,7 +46,7 @@ class MeteringStore:
         self.shapes = Shapes(self.table)
         self.alerts = Alerts(self.table)
         self.subscriptions = Subscriptions(self.table)
-        self.close_states = CloseStates(self.table)
+        self.seals = PeriodSeals(self.table)
         self.invoices = Invoices(self.table)
         self.rejections = Rejections(self.table)
         self.listings = Listings(self.table)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from metering.model import AlertRecord, PeriodRef
 from metering.rules import utc_iso
-from metering.store.codec import Item, n, number, s, text
+from metering.store.codec import Item, number, number_value, string_value, text
 from metering.store.keys import alerts_key, ref_from_pk
 from metering.store.table import Conflict, Table
 
@@ -57,12 +57,12 @@ class Alerts:
             ExpressionAttributeValues={
                 ":alert": {
                     "M": {
-                        "allowance": n(alert.allowance),
-                        "activeContacts": n(alert.active_contacts),
-                        "plan": s(alert.plan),
-                        "reachedAt": s(alert.reached_at),
-                        "claimedAt": n(alert.claimed_at),
-                        "claimer": s(alert.claimer),
+                        "allowance": number_value(alert.allowance),
+                        "activeContacts": number_value(alert.active_contacts),
+                        "plan": string_value(alert.plan),
+                        "reachedAt": string_value(alert.reached_at),
+                        "claimedAt": number_value(alert.claimed_at),
+                        "claimer": string_value(alert.claimer),
                     }
                 }
             },
@@ -80,7 +80,7 @@ class Alerts:
             Key=alerts_key(ref),
             UpdateExpression="ADD #tally :contacts",
             ExpressionAttributeNames={"#tally": TALLY},
-            ExpressionAttributeValues={":contacts": n(contacts)},
+            ExpressionAttributeValues={":contacts": number_value(contacts)},
             ReturnValues="ALL_NEW",
         )
         answer: Item = dict(response)
@@ -95,7 +95,7 @@ class Alerts:
             Key=alerts_key(ref),
             UpdateExpression="SET " + ", ".join(f"{name}.publishedAt = :at" for name in names),
             ExpressionAttributeNames=names,
-            ExpressionAttributeValues={":at": s(utc_iso(datetime.now(UTC)))},
+            ExpressionAttributeValues={":at": string_value(utc_iso(datetime.now(UTC)))},
         )
 
 

@@ -16,20 +16,20 @@ FIRST_OCCURRED = "o"
 EXPIRES = "x"
 
 
-def s(value: str) -> dict[str, str]:
+def string_value(value: str) -> dict[str, str]:
     return {"S": value}
 
 
-def n(value: int) -> dict[str, str]:
+def number_value(value: int) -> dict[str, str]:
     return {"N": str(value)}
 
 
-def ss(values: set[str] | frozenset[str]) -> dict[str, list[str]]:
+def string_set(values: set[str] | frozenset[str]) -> dict[str, list[str]]:
     return {"SS": sorted(values)}
 
 
 def epoch(instant: datetime) -> dict[str, str]:
-    return n(int(instant.timestamp()))
+    return number_value(int(instant.timestamp()))
 
 
 def text(item: Item, name: str, default: str = "") -> str:

@@ -7,10 +7,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from metering.model import Activation, ContactRecord, LateEvent, PeriodRef, StoreUnavailable
+from metering.errors import StoreUnavailable
+from metering.model import Activation, ContactRecord, LateEvent, PeriodRef
 from metering.retrying import CLOCK, RetryBudget, backoff_delay
 from metering.rules import month_end, utc_iso, zone
-from metering.store.codec import EXPIRES, FIRST_EVENT, FIRST_OCCURRED, FIRST_TYPE, Item, epoch, s, text
+from metering.store.codec import (
+    EXPIRES,
+    FIRST_EVENT,
+    FIRST_OCCURRED,
+    FIRST_TYPE,
+    Item,
+    epoch,
+    string_value,
+    text,
+)
 from metering.store.keys import CONTACT_PREFIX, contact_key, late_key, period_pk, ref_from_pk
 from metering.store.table import Conflict, Table
 
@@ -82,9 +92,9 @@ class Contacts:
             period_end = month_end(activation.ref.period, zone("UTC"))
             item = {
                 **contact_key(activation.ref, activation.contact_id),
-                FIRST_EVENT: s(activation.event_id),
-                FIRST_TYPE: s(activation.detail_type),
-                FIRST_OCCURRED: s(utc_iso(activation.occurred_at)),
+                FIRST_EVENT: string_value(activation.event_id),
+                FIRST_TYPE: string_value(activation.detail_type),
+                FIRST_OCCURRED: string_value(utc_iso(activation.occurred_at)),
                 EXPIRES: epoch(period_end + CONTACT_RETENTION),
             }
             try:
@@ -117,7 +127,10 @@ class Contacts:
             int(page.get("Count", 0))
             for page in self._table.query(
                 KeyConditionExpression="pk = :pk AND begins_with(sk, :contact)",
-                ExpressionAttributeValues={":pk": s(period_pk(ref)), ":contact": s(CONTACT_PREFIX)},
+                ExpressionAttributeValues={
+                    ":pk": string_value(period_pk(ref)),
+                    ":contact": string_value(CONTACT_PREFIX),
+                },
                 Select="COUNT",
                 ConsistentRead=consistent,
             )
@@ -130,7 +143,10 @@ class Contacts:
             self._table.client.query,
             TableName=self._table.name,
             KeyConditionExpression="pk = :pk AND begins_with(sk, :contact)",
-            ExpressionAttributeValues={":pk": s(period_pk(ref)), ":contact": s(CONTACT_PREFIX)},
+            ExpressionAttributeValues={
+                ":pk": string_value(period_pk(ref)),
+                ":contact": string_value(CONTACT_PREFIX),
+            },
             Select="COUNT",
             Limit=limit,
             ConsistentRead=consistent,
@@ -145,7 +161,10 @@ class Contacts:
             datetime.fromisoformat(text(item, FIRST_OCCURRED))
             for page in self._table.query(
                 KeyConditionExpression="pk = :pk AND begins_with(sk, :contact)",
-                ExpressionAttributeValues={":pk": s(period_pk(ref)), ":contact": s(CONTACT_PREFIX)},
+                ExpressionAttributeValues={
+                    ":pk": string_value(period_pk(ref)),
+                    ":contact": string_value(CONTACT_PREFIX),
+                },
                 ProjectionExpression=FIRST_OCCURRED,
                 ConsistentRead=True,
             )
@@ -156,7 +175,10 @@ class Contacts:
         """The active contacts of a period with the first event that made each active."""
         for page in self._table.query(
             KeyConditionExpression="pk = :pk AND begins_with(sk, :contact)",
-            ExpressionAttributeValues={":pk": s(period_pk(ref)), ":contact": s(CONTACT_PREFIX)},
+            ExpressionAttributeValues={
+                ":pk": string_value(period_pk(ref)),
+                ":contact": string_value(CONTACT_PREFIX),
+            },
         ):
             for item in page.get("Items", []):
                 yield self.decode(item)[1]
@@ -165,10 +187,10 @@ class Contacts:
         """Keep a late event once per event id; true when this call stored it."""
         item = {
             **late_key(late.ref, late.event_id),
-            "eventId": s(late.event_id),
-            "detailType": s(late.detail_type),
-            "occurredAt": s(late.occurred_at),
-            "receivedAt": s(late.received_at),
+            "eventId": string_value(late.event_id),
+            "detailType": string_value(late.detail_type),
+            "occurredAt": string_value(late.occurred_at),
+            "receivedAt": string_value(late.received_at),
         }
         return not isinstance(self._table.create(item), Conflict)
 

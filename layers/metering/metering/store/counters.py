@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from metering.model import PeriodRef
 from metering.rules import month_end, utc_iso, zone
-from metering.store.codec import EXPIRES, Item, epoch, instant, n, number, s, text
+from metering.store.codec import EXPIRES, Item, epoch, instant, number, number_value, string_value, text
 from metering.store.contacts import CONTACT_RETENTION
 from metering.store.keys import (
     CONTACT_PREFIX,
@@ -125,7 +125,10 @@ class Counters:
             text(item, "sk").removeprefix(CONTACT_PREFIX)
             for page in self._table.query(
                 KeyConditionExpression="pk = :pk AND begins_with(sk, :contact)",
-                ExpressionAttributeValues={":pk": s(period_pk(ref)), ":contact": s(CONTACT_PREFIX)},
+                ExpressionAttributeValues={
+                    ":pk": string_value(period_pk(ref)),
+                    ":contact": string_value(CONTACT_PREFIX),
+                },
                 ProjectionExpression="sk",
                 ConsistentRead=True,
             )
@@ -144,8 +147,8 @@ class Counters:
         until = scan.ended + relevance
         head = {
             **_snapshot_key(ref, 0),
-            SNAPSHOT_UNTIL: s(utc_iso(until)),
-            SNAPSHOT_CHUNKS: n(len(chunks)),
+            SNAPSHOT_UNTIL: string_value(utc_iso(until)),
+            SNAPSHOT_CHUNKS: number_value(len(chunks)),
             EXPIRES: _expiry(ref),
             **_digests(chunks[0]),
         }
@@ -184,10 +187,10 @@ class Counters:
         stored = counter.marks.get(mark)
         names = {"#mark": mark, **{f"#stale{i}": name for i, name in enumerate(stale_lanes)}}
         values = {
-            ":base": n(counter.contacts),
-            ":added": n(added),
-            ":mark": s(last.encoded()),
-            ":through": s(utc_iso(max(counter.through, last.at))),
+            ":base": number_value(counter.contacts),
+            ":added": number_value(added),
+            ":mark": string_value(last.encoded()),
+            ":through": string_value(utc_iso(max(counter.through, last.at))),
             ":expires": _expiry(counter.ref),
         }
         assignments = [
@@ -198,12 +201,12 @@ class Counters:
         ]
         if snapshot_until is not None:
             assignments.append(f"{SNAPSHOT_UNTIL} = :until")
-            values[":until"] = s(utc_iso(snapshot_until))
+            values[":until"] = string_value(utc_iso(snapshot_until))
         if stored is None:
             condition = "attribute_not_exists(#mark)"
         else:
             condition = "#mark = :stored"
-            values[":stored"] = s(stored.encoded())
+            values[":stored"] = string_value(stored.encoded())
         removals = [name for name in names if name.startswith("#stale")]
         outcome = self._table.write(
             Key=counter_key(counter.ref),

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from metering.model import ContactRecord, Invoice, PeriodRef
-from metering.store.closing import invoice_lines_of
-from metering.store.codec import Item, s, text
+from metering.store.codec import Item, string_value, text
 from metering.store.contacts import Contacts
+from metering.store.invoices import invoice_lines_of
 from metering.store.keys import CONTACT_PREFIX, contact_key, invoice_entry_key, invoices_pk, key_of, period_pk
 from metering.store.table import Table
 
@@ -37,7 +37,10 @@ class Listings:
         """Up to `limit` active contacts of the period in contact-id order, after contact `after`."""
         response = self._first_page(
             KeyConditionExpression="pk = :pk AND begins_with(sk, :contact)",
-            ExpressionAttributeValues={":pk": s(period_pk(ref)), ":contact": s(CONTACT_PREFIX)},
+            ExpressionAttributeValues={
+                ":pk": string_value(period_pk(ref)),
+                ":contact": string_value(CONTACT_PREFIX),
+            },
             Limit=limit,
             **({"ExclusiveStartKey": contact_key(ref, after)} if after is not None else {}),
         )
@@ -49,7 +52,7 @@ class Listings:
         """Up to `limit` of the account's invoices, newest period first, after period `after`."""
         response = self._first_page(
             KeyConditionExpression="pk = :pk",
-            ExpressionAttributeValues={":pk": s(invoices_pk(account_id))},
+            ExpressionAttributeValues={":pk": string_value(invoices_pk(account_id))},
             ScanIndexForward=False,
             Limit=limit,
             **(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from metering.model import Rejection
-from metering.store.codec import s, text
+from metering.store.codec import string_value, text
 from metering.store.keys import key, rejected_pk
 from metering.store.table import Table
 
@@ -19,10 +19,10 @@ class Rejections:
         self._table.batch_put(
             {
                 **key(rejected_pk(rejection.received_at[:7]), rejection.event_id),
-                "eventId": s(rejection.event_id),
-                "reason": s(rejection.reason),
-                "raw": s(rejection.raw),
-                "receivedAt": s(rejection.received_at),
+                "eventId": string_value(rejection.event_id),
+                "reason": string_value(rejection.reason),
+                "raw": string_value(rejection.raw),
+                "receivedAt": string_value(rejection.received_at),
             }
             for rejection in rejections
         )
@@ -33,7 +33,8 @@ class Rejections:
                 text(item, "eventId"), text(item, "reason"), text(item, "raw"), text(item, "receivedAt")
             )
             for page in self._table.query(
-                KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": s(rejected_pk(month))}
+                KeyConditionExpression="pk = :pk",
+                ExpressionAttributeValues={":pk": string_value(rejected_pk(month))},
             )
             for item in page.get("Items", [])
         ]

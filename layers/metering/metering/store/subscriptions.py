@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 
-from metering.model import StoreUnavailable
+from metering.errors import StoreUnavailable
 from metering.retrying import RetryBudget
 from metering.rules import Subscription, utc_iso
-from metering.store.codec import Item, n, number, s, ss, strings, text
+from metering.store.codec import Item, number, number_value, string_set, string_value, strings, text
 from metering.store.keys import (
     SUBSCRIPTION_SHARDS,
     subscription_key,
@@ -62,8 +62,8 @@ class Subscriptions:
             for page in self._table.query(
                 KeyConditionExpression="pk = :pk AND begins_with(sk, :account)",
                 ExpressionAttributeValues={
-                    ":pk": s(subscriptions_pk(subscription_shard(account_id))),
-                    ":account": s(subscription_prefix(account_id)),
+                    ":pk": string_value(subscriptions_pk(subscription_shard(account_id))),
+                    ":account": string_value(subscription_prefix(account_id)),
                 },
                 ConsistentRead=consistent,
             )
@@ -73,9 +73,9 @@ class Subscriptions:
     def shard_pages(self, shard: int, after_account: str | None) -> Iterator[list[Subscription]]:
         """The changes of one shard, account by account, page by page, from after `after_account`."""
         condition = "pk = :pk" + (" AND sk > :after" if after_account else "")
-        values = {":pk": s(subscriptions_pk(shard))}
+        values = {":pk": string_value(subscriptions_pk(shard))}
         if after_account:
-            values[":after"] = s(after_account + AFTER_ACCOUNT)
+            values[":after"] = string_value(after_account + AFTER_ACCOUNT)
         for page in self._table.query(KeyConditionExpression=condition, ExpressionAttributeValues=values):
             yield [decode_subscription(item) for item in page.get("Items", [])]
 
@@ -87,17 +87,17 @@ class Subscriptions:
 def _encode(change: Subscription) -> Item:
     item: Item = {
         **subscription_key(change.account_id, change.effective_at, change.event_id),
-        "accountId": s(change.account_id),
-        "effectiveAt": s(utc_iso(change.effective_at)),
-        "eventId": s(change.event_id),
-        "plan": s(change.plan),
-        "billingCycle": s(change.billing_cycle),
-        "addonContacts": n(change.addon_contacts),
+        "accountId": string_value(change.account_id),
+        "effectiveAt": string_value(utc_iso(change.effective_at)),
+        "eventId": string_value(change.event_id),
+        "plan": string_value(change.plan),
+        "billingCycle": string_value(change.billing_cycle),
+        "addonContacts": number_value(change.addon_contacts),
     }
     if change.timezone:
-        item["timezone"] = s(change.timezone)
+        item["timezone"] = string_value(change.timezone)
     if change.frozen_periods:
-        item["frozen"] = ss(change.frozen_periods)
+        item["frozen"] = string_set(change.frozen_periods)
     return item
 
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from metering import aws
-from metering.errors import classify, error_code
-from metering.model import StoreUnavailable
+from metering.aws import classify, error_code
+from metering.errors import StoreUnavailable
 from metering.retrying import CLOCK, backoff_delay
 from metering.store.codec import Item
 from metering.store.keys import Key, key_of

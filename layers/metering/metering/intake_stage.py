@@ -1,4 +1,4 @@
-"""Intake stage of recording: each SQS record becomes a batch entry in delivery order, or a rejection with its
+"""Recording's intake stage: each SQS record becomes a batch entry in delivery order, or a rejection with its
 reason (stored, never retried). A claim-checked rename gets its contact ids from the bucket here, so every
 later stage works on contact ids in memory."""
 
@@ -9,10 +9,12 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from metering import gateways
+from metering.errors import ClaimCheckInvalid, StoreUnavailable
 from metering.events import StatusRenamed, SubscriptionChanged
-from metering.intake import FanOutChunk, InboundRecord, parse_record, rejection_now
-from metering.model import ClaimCheckInvalid, RecordingOutcome, Rejection, StoreUnavailable
+from metering.message_parsing import FanOutChunk, InboundRecord, parse_record, rejection_now
+from metering.model import Rejection
 from metering.placement import ActivityEvent, BatchEntry, ChangeEvent, subscription_of
+from metering.recording_outcome import RecordingOutcome
 from metering.retrying import RetryBudget
 
 if TYPE_CHECKING:

@@ -11,39 +11,18 @@ one seeded `random.Random`: a scenario and a seed always give the same bytes.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from random import Random
-from types import ModuleType
 from typing import TYPE_CHECKING
 
-# The regimes build their months with the sample-month generator of scripts/: they run from a checkout.
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_script(path: Path) -> ModuleType:
-    """A file of `scripts/` (a folder of scripts, not a package) as the module its own name gives it."""
-    loaded = sys.modules.get(path.stem)
-    if loaded is not None:
-        return loaded
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-if TYPE_CHECKING:
+if TYPE_CHECKING or __package__:
     from scripts import generate_sample_month as sample_month
-else:
-    sample_month = _load_script(REPO_ROOT / "scripts" / "generate_sample_month.py")
+else:  # imported by a script run as `python scripts/...`: its folder is first on sys.path
+    import generate_sample_month as sample_month
 
 Month = sample_month.Month
 Account = sample_month.Account

@@ -1,9 +1,9 @@
-"""The alert stage of recording: after a batch's contact writes, whether its new contacts may have crossed a
+"""Recording's alert stage: after a batch's contact writes, whether its new contacts may have crossed a
 threshold, found out as cheaply as each period allows, and the claims and publications that follow.
 
 Small periods are counted; large ones add to a tally that bounds their count; an account's history is read
 only once a period can be near an alert (docs/design.md#usage-alerts). The rules themselves are pure and in
-`alerting`; this module holds the per-container knowledge that saves reads: which thresholds are claimed,
+`alert_rules`; this module holds the per-container knowledge that saves reads: which thresholds are claimed,
 which periods are past the least count at which an alert can be due, and which are large.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
-from metering import alerting
+from metering import alert_rules
 from metering.memory import Remembered
 from metering.model import Activation, AlertRecord, PeriodRef
 from metering.placement import EventSubscription, Unread
@@ -61,8 +61,8 @@ class NewContacts:
 
 
 @dataclass(slots=True)
-class AlertStage:
-    """One per container, beside the recorder, so its knowledge lives as long as the container."""
+class AlertChecks:
+    """The alert stage: one per container, beside the recorder, so its knowledge lives as long as it does."""
 
     settings: RecorderSettings
     store: MeteringStore
@@ -88,11 +88,11 @@ class AlertStage:
             return []
         claims = budget.call(lambda: self.store.alerts.read_claims(ref))
         self.claimed.add(ref, claims)
-        to_publish = alerting.overdue(claims.values(), self.settings.attempt_timeout_seconds)
+        to_publish = alert_rules.overdue(claims.values(), self.settings.attempt_timeout_seconds)
         if count is not None:
             to_publish += self._claim_crossed(ref, count, new.contacts, budget)
         unique = list({alert.threshold_percent: alert for alert in to_publish}.values())
-        alerting.publish(self.store, self.settings.alert_channels, ref, unique, budget)
+        alert_rules.publish(self.store, self.settings.alert_channels, ref, unique, budget)
         return unique
 
     def _due_count(self, ref: PeriodRef, new: NewContacts, budget: RetryBudget) -> int | None:
@@ -133,7 +133,7 @@ class AlertStage:
 
     def _need(self, ref: PeriodRef, new: NewContacts) -> int | None:
         subscriptions = [subscription for _, subscription in new.contacts]
-        return alerting.lowest_need(self.settings.alert_thresholds, self.claimed.get(ref), subscriptions)
+        return alert_rules.lowest_need(self.settings.alert_thresholds, self.claimed.get(ref), subscriptions)
 
     def _add_to_tally(self, ref: PeriodRef, new: NewContacts, budget: RetryBudget) -> int:
         """Add the new contacts to the tally (a retry after an addition that took effect adds twice: the tally
@@ -145,8 +145,9 @@ class AlertStage:
     def _with_subscriptions(
         self, ref: PeriodRef, contacts: Sequence[tuple[Activation, EventSubscription]], budget: RetryBudget
     ) -> list[tuple[Activation, EventSubscription]]:
-        """The subscription of each activation placed without its history, as placement would have judged it:
-        the account's history had no change in this batch, so the history read now is the one before it."""
+        """The subscription of each activation placed without its history, as placement would have found it
+        with the history: the account had no change in this batch, so the history read now is the one it
+        would have read."""
         stored = budget.call(lambda: self.store.subscriptions.history(ref.account_id))
         history = History.of(stored, self.settings.default_timezone)
         for_period = history.for_period(ref.period)
@@ -165,13 +166,13 @@ class AlertStage:
         """Claim the thresholds crossed by `contacts` (the last of the `count` active contacts); returns the
         claims to publish: this caller's, and earlier ones whose claimer can no longer publish them."""
         claimed = self.claimed.get(ref)
-        judged = [(activation, None if isinstance(sub, Unread) else sub) for activation, sub in contacts]
-        crossed = alerting.crossings(
+        read = [(activation, None if isinstance(sub, Unread) else sub) for activation, sub in contacts]
+        crossed = alert_rules.crossings(
             ref,
             thresholds=self.settings.alert_thresholds,
             claimed=claimed,
             count_before=count - len(contacts),
-            new_contacts=judged,
+            new_contacts=read,
             now=int(CLOCK.wall()),
             claimer=secrets.token_hex(8),
         )
@@ -181,6 +182,6 @@ class AlertStage:
             if earlier is None:
                 to_publish.append(alert)
             else:
-                to_publish += alerting.overdue([earlier], self.settings.attempt_timeout_seconds)
+                to_publish += alert_rules.overdue([earlier], self.settings.attempt_timeout_seconds)
         self.claimed.add(ref, [alert.threshold_percent for alert in crossed])
         return to_publish

@@ -1,4 +1,4 @@
-"""Usage alerts: which thresholds a batch's new contacts cross (pure), and their publication.
+"""Usage alert rules: which thresholds a batch's new contacts cross (pure), and their publication.
 
 A threshold of a period is crossed by the first contact, in delivery order, that takes the period's count to
 `percent` of the allowance of the subscription in effect for the event that made that contact active.
