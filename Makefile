@@ -66,7 +66,7 @@ $(CHECKOV):
 lint: setup $(CHECKOV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy layers/metering/metering tools/metering_tools functions scripts tests
+	$(BIN)/mypy layers/metering/metering tools/metering_tools tools/metering_testbench functions scripts tests
 	$(BIN)/sam validate --lint
 	$(BIN)/cfn-lint template.yaml monitoring/template.yaml
 	$(BIN)/python scripts/expand_template.py .aws-sam/lint/template.json
@@ -104,7 +104,7 @@ package-check: setup
 	$(PYTHON) -m venv "$$scratch/venv"; \
 	"$$scratch/venv/bin/pip" install --quiet "$(CURDIR)"; \
 	cd "$$scratch"; \
-	stack="$$(venv/bin/python -c 'from metering_tools.provisioning import STACK_ROOT; print(STACK_ROOT)')"; \
+	stack="$$(venv/bin/python -c 'from metering_tools.template import STACK_ROOT; print(STACK_ROOT)')"; \
 	echo "stack files: $$stack"; \
 	[[ "$$stack" == "$$scratch/venv/"* ]] || { echo "the installed package did not read its own copy" >&2; exit 1; }; \
 	venv/bin/metering $(SAMPLE_MONTH) > installed.json; \

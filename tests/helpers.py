@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from metering.rules import Subscription
 from metering_tools import testkit
 
@@ -317,3 +318,12 @@ class Reply:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+def is_access_denied(error: ClientError) -> bool:
+    """True for AWS's refusals; moto answers JSON-protocol services with an XML body botocore reads as
+    code "403", so the message is looked at too."""
+    details = error.response.get("Error", {})
+    code, message = str(details.get("Code", "")), str(details.get("Message", ""))
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in {"AccessDenied", "AccessDeniedException"} or (status == 403 and "AccessDenied" in message)

@@ -32,12 +32,13 @@ from metering_tools.roles import (
     calls_of,
     evaluate,
     function_policies,
-    is_access_denied,
     moto_policy_document,
     stack_roles,
     ungranted_calls,
 )
 from metering_tools.template import UnsupportedTemplateError, functions, load_template
+
+from tests.helpers import is_access_denied
 
 TEMPLATE = load_template()
 REGION = "eu-central-1"
@@ -601,7 +602,6 @@ def test_the_evaluator_applies_wildcards_explicit_denies_and_reports_conditions(
     # Given a policy with wildcards, a Deny and a conditional grant
     policy = FunctionPolicy.of(
         "Example",
-        "ExampleRole",
         {
             "example": {
                 "Statement": [
@@ -666,4 +666,4 @@ def test_a_statement_the_evaluator_does_not_read_fails(statement: dict[str, Any]
     # When the policy is read
     # Then it fails rather than evaluating it as something else
     with pytest.raises(UnsupportedTemplateError, match="only Allow or Deny of Action on Resource"):
-        FunctionPolicy.of("Example", "ExampleRole", {"example": {"Statement": [statement]}})
+        FunctionPolicy.of("Example", {"example": {"Statement": [statement]}})

@@ -1,4 +1,4 @@
-"""`metering serve`'s gateway (`metering_tools.serving`, `metering_tools.api_routes`) against a stand-in
+"""`metering serve`'s gateway (`metering_tools.serving`) against a stand-in
 function: requests take the routes `template.yaml` declares and become API Gateway payload 2.0 events,
 refused tokens never reach the function, and the function's answer goes back by the rules of that format."""
 

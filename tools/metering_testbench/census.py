@@ -6,22 +6,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from metering_tools.roles import (
-    S3_OBJECT_ACTIONS,
-    Call,
-    Census,
-    Decision,
-    FunctionPolicy,
-    RoleGuard,
-    StackRoles,
-    describe,
-    evaluate,
-    matches,
-    ungranted_calls,
-)
+from metering_tools.roles import S3_OBJECT_ACTIONS, Call, describe, evaluate, matches, ungranted_calls
 from metering_tools.template import FunctionConfig, functions, target
+
+if TYPE_CHECKING:
+    from metering_tools.roles import Census, Decision, FunctionPolicy, RoleGuard, StackRoles
 
 
 def conditional_calls(policy: FunctionPolicy, calls: Iterable[Call]) -> list[Decision]:
@@ -36,6 +27,9 @@ class Grant:
     sid: str
     action: str
     resource: str
+
+    def used_by(self, call: Call) -> bool:
+        return matches(self.action, call.action, ignore_case=True) and matches(self.resource, call.resource)
 
 
 def granted_pairs(policy: FunctionPolicy) -> list[Grant]:
@@ -59,18 +53,12 @@ def _applies(action: str, resource: str) -> bool:
 
 
 def unused_grants(policy: FunctionPolicy, calls: Iterable[Call], on_behalf: Iterable[Call]) -> list[Grant]:
-    """The granted pairs no call used, less those AWS uses on the function's behalf (see ON_BEHALF_USES)."""
-    used = set(calls) | set(on_behalf)
+    used = set(calls) | set(on_behalf)  # AWS's uses on the function's behalf: see ON_BEHALF_USES
     statements = {statement.sid: statement for statement in policy.statements}
     return [
         grant
         for grant in granted_pairs(policy)
-        if not any(
-            statements[grant.sid].covers(call)
-            and matches(grant.action, call.action, ignore_case=True)
-            and matches(grant.resource, call.resource)
-            for call in used
-        )
+        if not any(statements[grant.sid].covers(call) and grant.used_by(call) for call in used)
     ]
 
 
@@ -107,9 +95,8 @@ def _event_source_streams(function: FunctionConfig, roles: StackRoles) -> Iterat
 
 
 def _destinations(destinations: Iterable[Mapping[str, Any]]) -> Iterator[tuple[str, Any]]:
-    for destination in destinations:
-        if destination.get("Type") in DESTINATION_ACTIONS and "Destination" in destination:
-            yield DESTINATION_ACTIONS[destination["Type"]], destination["Destination"]
+    typed = (d for d in destinations if d.get("Type") in DESTINATION_ACTIONS and "Destination" in d)
+    return ((DESTINATION_ACTIONS[d["Type"]], d["Destination"]) for d in typed)
 
 
 def _keys_of_encrypted_topics(function: FunctionConfig, roles: StackRoles) -> Iterator[tuple[str, Any]]:

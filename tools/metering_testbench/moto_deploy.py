@@ -7,9 +7,7 @@ must not run without Docker, is dropped with its reason, so a deployment test sa
 from __future__ import annotations
 
 import copy
-import io
 import json
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -56,6 +54,7 @@ DROPPED_FOR_MOTO: dict[str, str] = {
 MOTO_REF_AS_ATTRIBUTE: dict[str, str] = {"AWS::Events::EventBus": "Name"}
 DELETION_POLICIES = {"Delete", "Retain", "RetainExceptOnCreate", "Snapshot"}
 ARTIFACT_PROPERTY = {"AWS::Serverless::Function": "CodeUri", "AWS::Serverless::LayerVersion": "ContentUri"}
+EMPTY_ZIP = b"PK\x05\x06" + bytes(18)  # a zip archive of no file: its end-of-central-directory record alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +78,8 @@ class MotoTemplate:
 
 def upload_placeholder_package(s3: S3Client, bucket: str) -> S3Location:
     """An empty zip as every function's and the layer's code: moto stores code here, never runs it."""
-    archive = io.BytesIO()
-    zipfile.ZipFile(archive, "w").close()
     location = S3Location(bucket, "metering/placeholder.zip")
-    s3.put_object(Bucket=bucket, Key=location.key, Body=archive.getvalue())
+    s3.put_object(Bucket=bucket, Key=location.key, Body=EMPTY_ZIP)
     return location
 
 
@@ -101,20 +98,17 @@ def moto_template(parameters: Mapping[str, str], package: S3Location, region: st
     }
     body: dict[str, Any] = substitute(sam, as_attribute)
     resources: dict[str, Any] = body["Resources"]
-    outputs: dict[str, Any] = body.get("Outputs", {})
-    dropped = {
-        name: DROPPED_FOR_MOTO[r["Type"]] for name, r in resources.items() if r["Type"] in DROPPED_FOR_MOTO
-    }
+    dropped = {name: reason for name, r in resources.items() if (reason := DROPPED_FOR_MOTO.get(r["Type"]))}
     while dependents := {
         name: f"refers to {sorted(_dependencies(value) & dropped.keys())[0]}, which is left out"
-        for section in (resources, outputs)
+        for section in (resources, body.get("Outputs", {}))
         for name, value in section.items()
         if name not in dropped and _dependencies(value) & dropped.keys()
     }:
         dropped.update(dependents)
-    body["Resources"] = {name: value for name, value in resources.items() if name not in dropped}
-    if outputs:
-        body["Outputs"] = {name: value for name, value in outputs.items() if name not in dropped}
+    for section in ("Resources", "Outputs"):
+        if section in body:
+            body[section] = {name: value for name, value in body[section].items() if name not in dropped}
     return MotoTemplate(body, dropped)
 
 
@@ -127,12 +121,11 @@ def resolve_language_extensions(template: dict[str, Any], parameters: Mapping[st
         return resolved
     resolver = Resolver(resolved, parameters)
     for name, resource in resolved["Resources"].items():
-        for attribute in ("DeletionPolicy", "UpdateReplacePolicy"):
-            if attribute in resource:
-                where = f"{name}.{attribute}"
-                resource[attribute] = policy = resolver.resolve(resource[attribute], where)
-                if policy not in DELETION_POLICIES:
-                    raise UnsupportedTemplateError(f"{where}: {policy!r} is not a policy name")
+        for attribute in [a for a in ("DeletionPolicy", "UpdateReplacePolicy") if a in resource]:
+            where = f"{name}.{attribute}"
+            resource[attribute] = policy = resolver.resolve(resource[attribute], where)
+            if policy not in DELETION_POLICIES:
+                raise UnsupportedTemplateError(f"{where}: {policy!r} is not a policy name")
     resolved["Transform"] = [transform for transform in declared if transform != LANGUAGE_EXTENSIONS]
     return resolved
 

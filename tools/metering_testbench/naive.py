@@ -26,11 +26,10 @@ from metering.placement import subscription_of
 from metering.retrying import RetryBudget
 from metering.rules import History, Subscription, invoice_lines, utc_iso
 from metering.store import MeteringStore
-from metering_tools.capacity import CapacityMeter
+from metering_tools.capacity import MOTO_ACCOUNT, CapacityMeter
 from metering_tools.embedded_moto import embedded_aws
 from metering_tools.local_stack import table_definition
 from metering_tools.template import load_template
-from pydantic import ValidationError
 
 REGION = "eu-central-1"
 CLOSED_AT = datetime(2026, 11, 2, tzinfo=UTC)
@@ -40,8 +39,7 @@ CLOSED_AT = datetime(2026, 11, 2, tzinfo=UTC)
 @dataclass(slots=True)
 class NaiveRecorder:
     store: MeteringStore
-    objects_dir: Path | None = None
-    default_timezone: str = "UTC"
+    objects_dir: Path
     invocations: int = 0
     activations: int = 0
     invoices: int = 0
@@ -49,18 +47,17 @@ class NaiveRecorder:
     _periods: set[PeriodRef] = field(default_factory=set)
 
     def record(self, body: str) -> None:
-        """An invalid envelope is skipped: rejections aren't compared."""
         self.invocations += 1
         try:
             event = CRM_EVENT.validate_json(body)
-        except (ValidationError, ValueError):
-            return
+        except ValueError:  # pydantic's ValidationError is one
+            return  # an invalid envelope is skipped: rejections aren't compared
         if isinstance(event, SubscriptionChanged):
             change = subscription_of(event)
             self.store.subscriptions.save([change], RetryBudget.single_try())
             self._histories.setdefault(change.account_id, []).append(change)
             return
-        history = History.of(self._histories.get(event.account_id, []), self.default_timezone)
+        history = History.of(self._histories.get(event.account_id, []), "UTC")
         ref = PeriodRef(event.account_id, history.place(event.occurred_at))
         self._periods.add(ref)
         activations = [
@@ -72,7 +69,7 @@ class NaiveRecorder:
     def close(self, issued_at: str) -> None:
         for ref in sorted(self._periods):
             active = self.store.contacts.count(ref, consistent=True)
-            history = History.of(self.store.subscriptions.history(ref.account_id), self.default_timezone)
+            history = History.of(self.store.subscriptions.history(ref.account_id), "UTC")
             subscription = history.billing_subscription(ref.period)
             if subscription is None or not subscription.billed:
                 continue
@@ -84,11 +81,9 @@ class NaiveRecorder:
     def _contacts_of(self, event: Any) -> tuple[str, ...]:
         if not isinstance(event, StatusRenamed):
             return (str(event.detail.contact_id),)
-        if event.detail.contact_ids is not None:
-            return tuple(event.detail.contact_ids)
-        claim = event.detail.contact_ids_object
-        if claim is None or self.objects_dir is None:
-            return ()
+        claim = event.detail.contact_ids_object  # or its contact ids, never both
+        if claim is None:
+            return event.detail.contact_ids or ()
         path = self.objects_dir / claim.key
         return tuple(path.read_text(encoding="utf-8").split()) if path.is_file() else ()
 
@@ -98,11 +93,10 @@ def shortcut_puts(client: Any) -> None:
     the built request is sent: moto's HTTP layer costs several times the write itself, and the naive design
     makes one per event. The put is still moto's own (`put_item` of the request as its HTTP layer reads it,
     condition and `ReturnValuesOnConditionCheckFailure` included), the capacity meter sees it as usual."""
-    from moto.core.models import DEFAULT_ACCOUNT_ID  # noqa: PLC0415 - moto is a development dependency
     from moto.dynamodb.exceptions import ConditionalCheckFailed  # noqa: PLC0415
-    from moto.dynamodb.models import dynamodb_backends  # noqa: PLC0415
+    from moto.dynamodb.models import dynamodb_backends  # noqa: PLC0415 - moto is a development dependency
 
-    backend = dynamodb_backends[DEFAULT_ACCOUNT_ID][REGION]
+    backend = dynamodb_backends[MOTO_ACCOUNT][REGION]
 
     def answer(params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]]:
         put: dict[str, Any] = json.loads(params["body"])
@@ -129,8 +123,6 @@ def shortcut_puts(client: Any) -> None:
 
 @dataclass(frozen=True, slots=True)
 class NaiveRun:
-    """What the naive recorder did with a file of envelopes, and what it cost."""
-
     events: int
     invocations: int
     activations: int
@@ -149,11 +141,9 @@ def replay_naive(events_path: Path) -> NaiveRun:
         meter.attach(client)
         shortcut_puts(client)
         store = MeteringStore(table_name, client, write_concurrency=1)
-        recorder = NaiveRecorder(store, events_path.with_suffix(".objects"))
+        naive = NaiveRecorder(store, events_path.with_suffix(".objects"))
         with events_path.open(encoding="utf-8") as stream:
             for line in filter(str.strip, stream):
-                recorder.record(line)  # one invocation per event
-        recorder.close(utc_iso(CLOSED_AT))
-        return NaiveRun(
-            recorder.invocations, recorder.invocations, recorder.activations, recorder.invoices, meter.stats()
-        )
+                naive.record(line)  # one invocation per event
+        naive.close(utc_iso(CLOSED_AT))
+    return NaiveRun(naive.invocations, naive.invocations, naive.activations, naive.invoices, meter.stats())

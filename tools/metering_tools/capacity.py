@@ -1,10 +1,9 @@
 """DynamoDB capacity units as AWS bills them on on-demand tables, computed from item sizes.
 
 Counting requests (`metering.aws.DynamoDBRequests`) says how often the functions call DynamoDB; the bill
-depends on how large the items are. Every call is charged the units AWS would, from the item images read
-straight from embedded moto's backend before and after it, so measuring never adds a request. Each unit is
-charged to a *path*: the item family its key names (`metering.store.keys.family`), or `count` for the items a
-`Select=COUNT` Query reads.
+depends on how large the items are. Every call is charged the units AWS would, from the item images read in
+embedded moto's backend before and after it (never by a request), each unit to a *path*: the item family its
+key names (`metering.store.keys.family`), or `count` for the items a `Select=COUNT` Query reads.
 
 The rules, from the DynamoDB Developer Guide:
 
@@ -91,18 +90,14 @@ def value_size(value: Mapping[str, Any]) -> int:
     match kind:
         case "S":
             return len(str(content).encode())
+        case "SS" | "NS" | "BS":  # a set: its members' sizes
+            return sum(value_size({kind[0]: member}) for member in content)
         case "N":
             return number_size(str(content))
         case "B":
             return _binary_size(content)
         case "BOOL" | "NULL":
             return 1
-        case "SS":
-            return sum(len(str(member).encode()) for member in content)
-        case "NS":
-            return sum(number_size(str(member)) for member in content)
-        case "BS":
-            return sum(_binary_size(member) for member in content)
         case "L":
             return LIST_OR_MAP_OVERHEAD + sum(
                 NESTED_ELEMENT_OVERHEAD + value_size(member) for member in content
@@ -116,9 +111,7 @@ def value_size(value: Mapping[str, Any]) -> int:
 
 
 def item_size(item: Item | None) -> int:
-    if not item:
-        return 0
-    return sum(len(name.encode()) + value_size(value) for name, value in item.items())
+    return sum(len(name.encode()) + value_size(value) for name, value in (item or {}).items())
 
 
 def write_units(size: int) -> int:
@@ -192,9 +185,7 @@ class MotoTables:
             self._backend.get_schema(name, None),
         )
         partition = hash_conditions[0][1]
-        comparison, operands = (
-            (range_conditions[-1][1], range_conditions[-1][2]) if range_conditions else (None, [])
-        )
+        _, comparison, operands = range_conditions[-1] if range_conditions else ("", None, [])
         queried = (_key_text(partition), _key_text(operands[0]) if operands else "")
         start: Any = params.get("ExclusiveStartKey")  # None on a first page, as moto's own handler passes it
         if not scanned:
@@ -258,11 +249,9 @@ def _writes_requested(operation: str, params: Mapping[str, Any], moto: MotoTable
 
 
 class CapacityMeter:
-    """Charges every DynamoDB call of the clients it is attached to with the capacity units AWS would, from
-    item images read in moto's backend before and after the call (botocore's `before-parameter-build` and
-    `after-call` events; the second is emitted for failed calls too). A call the meter does not charge, or
-    cannot size, is counted in `unmeteredCalls` and never fails: measuring must not change what it
-    measures."""
+    """Charges every DynamoDB call of the clients it is attached to, at botocore's `before-parameter-build`
+    and `after-call` events (the second is emitted for failed calls too). A call it does not charge, or cannot
+    size, is counted in `unmeteredCalls` and never fails: measuring must not change what it measures."""
 
     def __init__(self, classify: Classifier = family) -> None:
         self.classify = classify
@@ -270,9 +259,7 @@ class CapacityMeter:
         self.seconds = 0.0
         """Time spent in the meter's hooks, inside the measured calls."""
         self._by_operation = {kind: defaultdict[str, float](float) for kind in UNIT_KINDS}
-        self._by_path: defaultdict[str, dict[str, float]] = defaultdict(
-            lambda: dict.fromkeys(UNIT_KINDS, 0.0)
-        )
+        self._by_path = defaultdict[str, dict[str, float]](lambda: dict.fromkeys(UNIT_KINDS, 0.0))
         self._item_writes: dict[tuple[str, str, str], tuple[int, int]] = {}
         """(table, partition key, sort key) -> how many writes changed the item, and its largest size then."""
         self._tables: dict[str, MotoTables] = {}
@@ -282,15 +269,9 @@ class CapacityMeter:
     def attach(self, client: Any) -> None:
         """Attach every client the measured code builds, whenever it builds one; twice changes nothing."""
         region = str(client.meta.region_name)
-        events = client.meta.events
-        events.register(
-            "before-parameter-build.dynamodb",
-            partial(self._before, region),
-            unique_id=f"{self._context_key}-before",
-        )
-        events.register(
-            "after-call.dynamodb", partial(self._after, region), unique_id=f"{self._context_key}-after"
-        )
+        for event, hook in (("before-parameter-build", self._before), ("after-call", self._after)):
+            unique_id = f"{self._context_key}-{event}"
+            client.meta.events.register(f"{event}.dynamodb", partial(hook, region), unique_id=unique_id)
 
     def stats(self) -> dict[str, Any]:
         """The `stats.capacity` object of `metering simulate`. SPEC §6 wants no item written more than once
@@ -406,13 +387,9 @@ class CapacityMeter:
     def _charge_reads(
         self, operation: str, params: Mapping[str, Any], parsed: Mapping[str, Any], moto: MotoTables
     ) -> None:
-        requests: Mapping[str, Any]
-        if operation == "GetItem":
-            requests = {
-                params["TableName"]: {"Keys": [params["Key"]], "ConsistentRead": params.get("ConsistentRead")}
-            }
-        else:
-            requests = params.get("RequestItems", {})
+        requests: Mapping[str, Any] = params.get("RequestItems") or {  # BatchGetItem's, or GetItem as one
+            params["TableName"]: {"Keys": [params["Key"]], "ConsistentRead": params.get("ConsistentRead")}
+        }
         unprocessed = parsed.get("UnprocessedKeys", {})
         for table, request in requests.items():
             skipped = unprocessed.get(table, {}).get("Keys", [])
@@ -448,6 +425,4 @@ def shared_meter(name: str) -> CapacityMeter:
     """The meter registered under `name` in this process, so every client a replay builds (once per process
     today, once per invocation later) is attached to one tally that the report reads back."""
     with _SHARED_METERS_LOCK:
-        if name not in _SHARED_METERS:
-            _SHARED_METERS[name] = CapacityMeter()
-        return _SHARED_METERS[name]
+        return _SHARED_METERS.setdefault(name, CapacityMeter())

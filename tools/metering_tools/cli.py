@@ -13,6 +13,7 @@ LOST_MESSAGES = 3
 """Exit status of a replay that dead-lettered messages it did not redrive: its report is incomplete."""
 ISSUER_KEY_HELP = "the local issuer's signing key (created if missing)"
 PLAN_PRICES_HELP = "the stack's PlanPrices, e.g. start=2900,grow=5900 (monthly cents)"
+FAULTS_HELP = "share of DynamoDB and S3 calls to fail"
 
 
 def _instant(value: str) -> datetime:
@@ -53,13 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--objects-dir", type=Path, help="claim-check objects (default EVENTS.objects/)")
     simulate.add_argument("--claim-check-bucket", default="crm-claim-checks", help="bucket the events name")
     simulate.add_argument("--format", choices=("json", "table"), default="json")
-    simulate.add_argument(
-        "--inject-faults",
-        type=float,
-        default=0.0,
-        metavar="RATE",
-        help="share of DynamoDB and S3 calls to fail",
-    )
+    simulate.add_argument("--inject-faults", type=float, default=0.0, metavar="RATE", help=FAULTS_HELP)
     simulate.add_argument("--fault-seed", type=int, default=0, help="seed of the injected faults")
     rejected.add_argument("action", choices=("list", "replay"))  # first: argparse lists missing ones in order
     for on_table in (explain, usage, invoices, rejected):
@@ -100,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_json(output: object) -> None:
-    json.dump(output, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    print(json.dumps(output, indent=2))
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -131,7 +125,6 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _operate(args: argparse.Namespace) -> int:
-    """Commands against a deployed table (credentials and region from the usual AWS environment)."""
     from metering_tools import operations  # noqa: PLC0415 - keeps --help fast
 
     store = operations.open_store(args.table)
@@ -173,12 +166,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _token(args: argparse.Namespace) -> int:
     from metering_tools import tokens  # noqa: PLC0415 - keeps --help fast
 
-    request = tokens.TokenRequest(
-        account_id=None if args.all_accounts else args.account,
-        expires_in=tokens.DEFAULT_LIFETIME_SECONDS if args.expires_in is None else args.expires_in,
-        scope=args.scope,
-        audience=tokens.AUDIENCE if args.audience is None else args.audience,
-    )
+    expires_in = tokens.DEFAULT_LIFETIME_SECONDS if args.expires_in is None else args.expires_in
+    audience = tokens.AUDIENCE if args.audience is None else args.audience
+    # with --all-accounts there is no --account: a staff token
+    request = tokens.TokenRequest(args.account, expires_in, args.scope, audience)
     print(tokens.mint(tokens.issuer_key(args.issuer_key), request))
     return 0
 
@@ -189,7 +180,7 @@ def _invoices(args: argparse.Namespace) -> int:
     store = operations.open_store(args.table, args.endpoint_url)
     rows = list(operations.invoices(store, args.period, args.account))
     if args.format == "table":
-        operations.print_invoices(rows)
+        operations.wide_console().print(operations.invoice_table(rows))
     else:
         _print_json(rows)
     return 0

@@ -1,9 +1,5 @@
-"""What embedded moto needs to be usable for replays (`metering simulate`, the naive recorder, the
-benchmarks): fake credentials, no endpoint variable left to send a client elsewhere, and
-`moto_partition_queries`. moto
-answers as DynamoDB does, but moto 5's `Table.query` builds its candidates from `Table.all_items()`, which
-sorts every item of the table: every Query costs the whole table, and a replay slows down with the square of
-the table's size (40,000 events take minutes)."""
+"""What embedded moto needs to serve replays (`metering simulate`, the naive recorder, the benchmarks): fake
+credentials, no endpoint variable left to send a client elsewhere, and `moto_partition_queries`."""
 
 from __future__ import annotations
 
@@ -12,6 +8,7 @@ import os
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
+from unittest import mock
 
 ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL"
 FAKE_CREDENTIALS = dict.fromkeys(
@@ -21,21 +18,11 @@ FAKE_CREDENTIALS = dict.fromkeys(
 
 @contextlib.contextmanager
 def environment(values: Mapping[str, str | None]) -> Iterator[None]:
-    """Set (or, for None, unset) these variables for the block; restore them after it."""
-    saved = {name: os.environ.get(name) for name in values}
-    try:
-        for name, value in values.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    """Set (or, for None, unset) these variables for the block; restore the environment after it."""
+    with mock.patch.dict(os.environ, {name: value for name, value in values.items() if value is not None}):
+        for name in [name for name, value in values.items() if value is None]:
+            os.environ.pop(name, None)
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextlib.contextmanager
@@ -58,18 +45,17 @@ _PARTITION_HINT = threading.local()
 
 @contextlib.contextmanager
 def moto_partition_queries() -> Iterator[None]:
-    """Make embedded moto answer a base-table Query from the queried partition instead of sorting the whole
-    table on every call. Answers, `ScannedCount`, paging and conditions stay moto's own, item for item: only
-    the candidate list is narrowed to the items that share the queried partition key, which is all a
-    base-table Query can return. Index queries, scans and everything else are untouched. Restored on exit."""
+    """Make embedded moto answer a base-table Query from the queried partition only: moto 5's `Table.query`
+    sorts the whole table (`Table.all_items()`) on every call, so a replay slows down with the square of the
+    table's size (40,000 events take minutes). Answers, `ScannedCount`, paging and conditions stay moto's own,
+    item for item; index queries, scans and everything else are untouched. Restored on exit."""
     from moto.dynamodb.models.table import Table as MotoTable  # noqa: PLC0415 - moto is a development dependency
 
     original_query, original_all_items = MotoTable.query, MotoTable.all_items
 
     def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
-        if hash_key is None or kwargs.get("index_name") or (len(args) > 6 and args[6]):
-            return original_query(self, hash_key, *args, **kwargs)
-        _PARTITION_HINT.value = (self, hash_key)
+        index_name = kwargs.get("index_name") or (args[6] if len(args) > 6 else None)
+        _PARTITION_HINT.value = (self, hash_key) if hash_key is not None and not index_name else None
         try:
             return original_query(self, hash_key, *args, **kwargs)
         finally:

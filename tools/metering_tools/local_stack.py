@@ -1,10 +1,7 @@
 """A local copy of the stack, named forward from its stage as `template.yaml` names it, so `simulate`, the
-tests and the role checks can never drift from the stack.
-
-`provision` creates the stateful resources the functions call (the table, the activity, fan-out and close
-queues, the bus, the claim-check bucket, the Usage API's cursor key); `LocalStack.resolver` gives every other
-resource of the template the name and ARN it would have in this stack, for the functions' environment and
-their roles."""
+tests and the role checks can never drift from the stack: `provision` creates the stateful resources the
+functions call, and `LocalStack.resolver` gives every other resource of the template the name and ARN it
+would have in this stack, for the functions' environment and their roles."""
 
 from __future__ import annotations
 
@@ -24,7 +21,8 @@ TABLE = "MeteringTable"
 QUEUES = ("ActivityQueue", "FanOutQueue", "CloseQueue")
 BUS = "EventBus"
 CURSOR_SECRET = "UsageApiCursorSecret"
-PROVISIONED = frozenset({TABLE, *QUEUES, BUS, CURSOR_SECRET, "EventBusName", "ClaimCheckBucketName"})
+CREATED = (TABLE, BUS, *QUEUES, CURSOR_SECRET)
+PROVISIONED = frozenset({*CREATED, "EventBusName", "ClaimCheckBucketName"})
 """What a local copy names itself: the resources `provision` creates and the parameters naming them."""
 NAME_PROPERTIES: Mapping[str, str | None] = {
     "AWS::DynamoDB::Table": "TableName",
@@ -76,13 +74,9 @@ class Arns:
             name = f"arn:{self.partition}:lambda:{self.region}:{partial_arn}"
         return f"{name}:{qualifier}" if qualifier else name
 
-    def secret(self, secret_id: str) -> str:
+    def secret(self, name: str) -> str:
         """From a secret's name, which IAM sees with a random suffix (`-??????`), or its ARN."""
-        return (
-            secret_id
-            if secret_id.startswith("arn:")
-            else self._in("secretsmanager", f"secret:{secret_id}-??????")
-        )
+        return name if name.startswith("arn:") else self._in("secretsmanager", f"secret:{name}-??????")
 
     def values(self, kind: str, name: str) -> tuple[str, dict[str, str]]:
         """(what `Ref` returns, the `GetAtt` attributes) of a resource of this type with this name."""
@@ -142,10 +136,7 @@ class LocalStack:
             raise ValueError("no region: pass one, or set AWS_DEFAULT_REGION")
         stack = cls(stage, claim_check_bucket, region, account_id, {})
         names = stack._names(template or load_template())
-        return replace(
-            stack,
-            names={logical_id: names[logical_id] for logical_id in (TABLE, BUS, *QUEUES, CURSOR_SECRET)},
-        )
+        return replace(stack, names={logical_id: names[logical_id] for logical_id in CREATED})
 
     @property
     def table_name(self) -> str:
@@ -199,11 +190,8 @@ class LocalStack:
         for logical_id, resource in template["Resources"].items():
             if resource["Type"] in NAME_PROPERTIES and logical_id not in names:
                 declared = resource.get("Properties", {}).get(NAME_PROPERTIES[resource["Type"]] or "")
-                names[logical_id] = (
-                    f"metering-{self.stage}-{logical_id}"
-                    if declared is None
-                    else str(naming.resolve(declared, logical_id))
-                )
+                default = f"metering-{self.stage}-{logical_id}"  # CloudFormation's, less its random suffix
+                names[logical_id] = default if declared is None else str(naming.resolve(declared, logical_id))
         return names
 
     def resolver(self, template: Mapping[str, Any] | None = None) -> Resolver:
@@ -217,9 +205,8 @@ class LocalStack:
         refs: dict[str, Any] = {}
         attributes: dict[str, dict[str, str]] = {}
         for logical_id, name in names.items():
-            refs[logical_id], attributes[logical_id] = self.arns.values(
-                template["Resources"][logical_id]["Type"], name
-            )
+            kind = template["Resources"][logical_id]["Type"]
+            refs[logical_id], attributes[logical_id] = self.arns.values(kind, name)
         refs.update(self.queue_urls)
         return Resolver(template, naming.parameters, pseudo=naming.pseudo, refs=refs, attributes=attributes)
 
@@ -227,12 +214,8 @@ class LocalStack:
         """The functions' variables that name this copy's own resources (the table, the queues, the bus, the
         claim-check bucket, the cursor key): the ones a local copy must point elsewhere."""
         template = template or load_template()
-        names = {
-            name
-            for config in functions(template).values()
-            for name, value in config.environment.items()
-            if references(value) & PROVISIONED
-        }
+        variables = [item for config in functions(template).values() for item in config.environment.items()]
+        names = {name for name, value in variables if references(value) & PROVISIONED}
         resolved = function_environment(self, template)
         return {name: resolved[name] for name in sorted(names)}
 
@@ -255,23 +238,17 @@ def function_environment(stack: LocalStack, template: Mapping[str, Any] | None =
 def table_definition(template: Mapping[str, Any], table_name: str) -> dict[str, Any]:
     """CreateTable arguments for the template's MeteringTable, under another name."""
     properties = template["Resources"][TABLE]["Properties"]
-    definition: dict[str, Any] = {
-        "TableName": table_name,
-        "BillingMode": properties["BillingMode"],
-        "AttributeDefinitions": properties["AttributeDefinitions"],
-        "KeySchema": properties["KeySchema"],
-    }
+    definition = {key: properties[key] for key in ("BillingMode", "AttributeDefinitions", "KeySchema")}
     if "StreamSpecification" in properties:
         definition["StreamSpecification"] = {"StreamEnabled": True, **properties["StreamSpecification"]}
-    return definition
+    return {"TableName": table_name, **definition}
 
 
 def provision(stage: str, claim_check_bucket: str, template: Mapping[str, Any] | None = None) -> LocalStack:
     """Create the table (with TTL), the activity, fan-out and close queues, the bus, the claim-check bucket
-    and the Usage API's cursor key (generated as the template generates it), named as the template names
-    them for `stage` (the harness hands the activity queue's messages to RecordActivity, as the event source
-    mapping does). If a step fails, what the earlier steps created is removed before the error is raised: a
-    shared endpoint keeps nothing of a stack that never existed."""
+    and the Usage API's cursor key (generated as the template does), named as the template names them for
+    `stage` (the harness hands the activity queue's messages to RecordActivity, as the event source mapping
+    does). A failed step first removes what earlier ones created: a shared endpoint keeps nothing of it."""
     template = template or load_template()
     stack = LocalStack.named(stage, claim_check_bucket, template)
     undo: list[Callable[[], object]] = []
@@ -304,16 +281,14 @@ def provision(stage: str, claim_check_bucket: str, template: Mapping[str, Any] |
         undo.append(partial(_empty_and_delete_bucket, s3, claim_check_bucket))
         secrets = boto3.client("secretsmanager")
         generated = template["Resources"][CURSOR_SECRET]["Properties"]["GenerateSecretString"]
-        cursor_secret_arn = secrets.create_secret(
-            Name=stack.names[CURSOR_SECRET],
-            SecretString=secrets.get_random_password(**generated)["RandomPassword"],
-        )["ARN"]
+        password = secrets.get_random_password(**generated)["RandomPassword"]
+        secret = secrets.create_secret(Name=stack.names[CURSOR_SECRET], SecretString=password)
     except BaseException:
         for step in reversed(undo):
             _ignore_missing(step)
         raise
     account_id = urlparse(urls["ActivityQueue"]).path.strip("/").split("/")[-2]
-    return replace(stack, account_id=account_id, queue_urls=urls, cursor_secret_arn=cursor_secret_arn)
+    return replace(stack, account_id=account_id, queue_urls=urls, cursor_secret_arn=secret["ARN"])
 
 
 def tear_down(stack: LocalStack) -> None:
@@ -325,11 +300,9 @@ def tear_down(stack: LocalStack) -> None:
         _ignore_missing(partial(sqs.delete_queue, QueueUrl=url))
     _ignore_missing(lambda: boto3.client("events").delete_event_bus(Name=stack.event_bus_name))
     _ignore_missing(lambda: _empty_and_delete_bucket(s3, stack.claim_check_bucket))
-    if stack.cursor_secret_arn:
+    if secret_arn := stack.cursor_secret_arn:
         secrets = boto3.client("secretsmanager")
-        _ignore_missing(
-            lambda: secrets.delete_secret(SecretId=stack.cursor_secret_arn, ForceDeleteWithoutRecovery=True)
-        )
+        _ignore_missing(lambda: secrets.delete_secret(SecretId=secret_arn, ForceDeleteWithoutRecovery=True))
 
 
 def _empty_and_delete_bucket(s3: Any, bucket: str) -> None:

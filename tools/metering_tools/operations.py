@@ -4,6 +4,7 @@ rich tables of `--format table` (the simulate report, the invoices)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from metering.store import MeteringStore
 from metering.store.invoices import decode_invoice
 from metering.store.keys import invoice_key
 from metering.usage_view import InvoiceView, ReadSettings, read_usage
+from pydantic.alias_generators import to_camel
 from rich.console import Console
 from rich.table import Column, Table
 
@@ -28,19 +30,11 @@ def usage(
 
 def explain(store: MeteringStore, ref: PeriodRef, now: datetime, settings: ReadSettings) -> dict[str, Any]:
     """Why a period was billed what it was: its usage and every active contact with the first event that made
-    it active, oldest first."""
+    it active, oldest first (a record's fields in camelCase, as the Usage API names them)."""
     contacts = sorted(store.contacts.records(ref), key=lambda c: (c.first_occurred_at, c.contact_id))
     return {
         **usage(store, ref.account_id, ref.period, now, settings),
-        "contacts": [
-            {
-                "contactId": c.contact_id,
-                "firstEventId": c.first_event_id,
-                "firstDetailType": c.first_detail_type,
-                "firstOccurredAt": c.first_occurred_at,
-            }
-            for c in contacts
-        ],
+        "contacts": [{to_camel(name): value for name, value in asdict(c).items()} for c in contacts],
     }
 
 
@@ -116,10 +110,6 @@ def invoice_table(rows: Iterable[Mapping[str, Any]]) -> Table:
 
 def wide_console() -> Console:
     return Console(width=max(Console().width, 120))
-
-
-def print_invoices(rows: Iterable[dict[str, Any]]) -> None:
-    wide_console().print(invoice_table(rows))
 
 
 def print_table(report: dict[str, Any]) -> None:

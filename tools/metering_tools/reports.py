@@ -1,10 +1,9 @@
-"""What a metering table says in the wire form of SPEC §4: invoices, usage, alerts, rejected and late events.
-
-It reads the whole table (two Scans), so it is for replays, tests and small tables, never the hot path."""
+"""SPEC §4's report of a metering table, from two Scans of all of it: for replays, tests and small tables."""
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from operator import itemgetter
@@ -28,8 +27,7 @@ Row = dict[str, Any]
 def read_report(
     client: DynamoDBClient, table_name: str, default_timezone: str, grace: timedelta
 ) -> dict[str, list[Row]]:
-    """Every list of the SPEC §4 report, each sorted by account, period, then threshold or event id. Usage
-    counts the contact items of each period; `closed` says whether the period's close has sealed it."""
+    """Usage counts each period's contact items; `closed` says whether the period's close has sealed it."""
 
     def scan(condition: str, **options: Any) -> list[Item]:
         values = {":contact": {"S": CONTACT_PREFIX}}
@@ -65,8 +63,7 @@ class _Items:
     seals: dict[str, PeriodSeal] = field(default_factory=dict)
 
     def add(self, item: Item) -> None:
-        pk, sk = key_of(item)
-        kind = family(pk, sk)
+        kind = family(*key_of(item))
         if kind == "rejected":
             event_id = text(item, "eventId")
             self.rejected[event_id] = {"eventId": event_id, "reason": text(item, "reason")}
@@ -87,18 +84,16 @@ class _Items:
                 for percent, claim in claims.items()
             ]
         elif kind == "late":
-            self.late.append({"eventId": text(item, "eventId"), **_period_row(ref_from_pk(pk))})
+            self.late.append({"eventId": text(item, "eventId"), **_period_row(ref_from_pk(text(item, "pk")))})
 
-    def usage(self, counts: Counter[str], default_timezone: str, grace: timedelta) -> list[Row]:
-        rows = []
+    def usage(self, counts: Counter[str], default_timezone: str, grace: timedelta) -> Iterator[Row]:
         for pk, active in counts.items():
             ref = ref_from_pk(pk)
             changes = self.changes.get(ref.account_id, ())
             history = History.of(changes, default_timezone).for_period(ref.period)
             seal = self.seals.get(ref.period, PeriodSeal(ref.period))
             closed = seal.seals(history.close_instant(ref.period, grace))
-            rows.append({**_period_row(ref), "activeContacts": active, "closed": closed})
-        return rows
+            yield {**_period_row(ref), "activeContacts": active, "closed": closed}
 
 
 def _period_row(ref: PeriodRef) -> Row:

@@ -24,7 +24,6 @@ from typing import Any, Literal
 import boto3
 import botocore.loaders
 import botocore.session
-from botocore.exceptions import ClientError
 from metering import aws
 
 from metering_tools.local_stack import Arns, LocalStack
@@ -92,23 +91,17 @@ class FunctionPolicy:
     """A function's role with its inline policies resolved for one local stack."""
 
     function: str
-    role_id: str
-    documents: Mapping[str, Mapping[str, Any]]
     statements: tuple[Statement, ...]
 
     @classmethod
-    def of(cls, function: str, role_id: str, documents: Mapping[str, Mapping[str, Any]]) -> FunctionPolicy:
+    def of(cls, function: str, documents: Mapping[str, Mapping[str, Any]]) -> FunctionPolicy:
+        listed = [document.get("Statement", []) for document in documents.values()]
         raw = [
-            statement
-            for document in documents.values()
-            for statement in _as_list(document.get("Statement", []))
+            item
+            for statements in listed
+            for item in (statements if isinstance(statements, list) else [statements])
         ]
-        statements = tuple(Statement.parse(statement, index) for index, statement in enumerate(raw))
-        return cls(function, role_id, documents, statements)
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list) else [value]
+        return cls(function, tuple(Statement.parse(statement, index) for index, statement in enumerate(raw)))
 
 
 def function_policies(template: Mapping[str, Any], resolver: Resolver) -> dict[str, FunctionPolicy]:
@@ -120,13 +113,14 @@ def function_policies(template: Mapping[str, Any], resolver: Resolver) -> dict[s
             raise UnsupportedTemplateError(
                 f"{function.role_id}: managed policies and boundaries are not resolved"
             )
-        documents: dict[str, Mapping[str, Any]] = {}
-        for index, policy in enumerate(properties.get("Policies", [])):
-            where = f"Resources.{function.role_id}.Properties.Policies[{index}]"
-            documents[str(resolver.resolve(policy["PolicyName"], where))] = resolver.resolve(
-                policy["PolicyDocument"], f"{where}.PolicyDocument"
+        where = f"Resources.{function.role_id}.Properties.Policies"
+        documents = {
+            str(resolver.resolve(policy["PolicyName"], where)): resolver.resolve(
+                policy["PolicyDocument"], where
             )
-        policies[name] = FunctionPolicy.of(name, function.role_id, documents)
+            for policy in properties.get("Policies", [])
+        }
+        policies[name] = FunctionPolicy.of(name, documents)
     return policies
 
 
@@ -262,15 +256,6 @@ def moto_policy_document(policy: FunctionPolicy) -> dict[str, Any]:
     return {"Version": POLICY_VERSION, "Statement": statements}
 
 
-def is_access_denied(error: ClientError) -> bool:
-    """True for AWS's refusals; moto answers JSON-protocol services with an XML body botocore reads as
-    code "403", so the message is looked at too."""
-    details = error.response.get("Error", {})
-    code, message = str(details.get("Code", "")), str(details.get("Message", ""))
-    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code in {"AccessDenied", "AccessDeniedException"} or (status == 403 and "AccessDenied" in message)
-
-
 # ---- one identity per function on moto ----
 
 ADMINISTRATOR_POLICY = {
@@ -295,7 +280,9 @@ class FunctionIdentities:
         self.role_arns = dict(role_arns)
         self._sessions = dict(sessions)
         for name, session in self._sessions.items():
-            session.events.register(_IDENTITY_EVENT, _identity_marker(name), unique_id=_IDENTITY_EVENT)
+            session.events.register(
+                _IDENTITY_EVENT, lambda answer=name, **_: answer, unique_id=_IDENTITY_EVENT
+            )
 
     @classmethod
     def create(
@@ -402,13 +389,6 @@ def _session(**arguments: Any) -> boto3.Session:
     session = boto3.Session(botocore_session=core, **arguments)
     _MODELS.search_paths[:] = list(dict.fromkeys(_MODELS.search_paths))  # boto3 appends its own each time
     return session
-
-
-def _identity_marker(function: str) -> Handler:
-    def marker(**_: Any) -> str:
-        return function
-
-    return marker
 
 
 def _identity_of(client: Any) -> str | None:

@@ -31,22 +31,30 @@ from metering_tools.tokens import Authorization, LocalAuthorizer, Unauthorized, 
 FUNCTION = "UsageApi"
 LOOPBACK = "127.0.0.1"
 DEFAULT_ROUTE = "$default"
-_PARAMETER = re.compile(r"\{(\w+)(\+?)\}")
 
 
 @dataclass(frozen=True, slots=True)
 class Route(ApiRoute):
+    key: str
     pattern: re.Pattern[str]
 
-    @property
-    def key(self) -> str:
-        return DEFAULT_ROUTE if self.path is None else f"{self.method} {self.path}"
+    @classmethod
+    def of(cls, route: ApiRoute) -> Route:
+        """`{accountId}` matches one segment, `{proxy+}` the rest, `$default` (no path) any path. A trailing
+        slash routes as if it were not there (HTTP APIs declare no route ending in one)."""
+        pattern = re.escape(route.path or "")
+        for parameter in re.finditer(r"\{(\w+)(\+?)\}", route.path or ""):
+            name, greedy = parameter.groups()
+            group = f"(?P<{name}>.+)" if greedy else f"(?P<{name}>[^/]+)"
+            pattern = pattern.replace(re.escape(parameter[0]), group)
+        compiled = re.compile(".*", re.DOTALL) if route.path is None else re.compile(pattern + "/?")
+        key = DEFAULT_ROUTE if route.path is None else f"{route.method} {route.path}"
+        return cls(route.method, route.path, route.authorized, route.scopes, key, compiled)
 
     def preference(self) -> tuple[bool, bool, int, bool]:
         """API Gateway's order: a route with a path before `$default`, without a greedy parameter before one
         with it, with fewer parameters first, an exact method before `ANY`."""
-        greedy = self.path is None or "+}" in self.path
-        return (self.path is None, greedy, len(self.pattern.groupindex), self.method == "ANY")
+        return (self.path is None, "+}" in self.key, len(self.pattern.groupindex), self.method == "ANY")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,21 +70,7 @@ class RouteTable:
 
 
 def route_table(routes: Iterable[ApiRoute]) -> RouteTable:
-    made = (Route(r.method, r.path, r.authorized, r.scopes, _path_pattern(r.path)) for r in routes)
-    return RouteTable(tuple(made))
-
-
-def _path_pattern(path: str | None) -> re.Pattern[str]:
-    """`{accountId}` matches one segment, `{proxy+}` the rest, `$default` (no path) any path. A trailing slash
-    routes as if it were not there (HTTP APIs declare no route ending in one)."""
-    if path is None:
-        return re.compile(".*", re.DOTALL)
-    pattern = re.escape(path)
-    for parameter in _PARAMETER.finditer(path):
-        name, greedy = parameter.groups()
-        group = f"(?P<{name}>.+)" if greedy else f"(?P<{name}>[^/]+)"
-        pattern = pattern.replace(re.escape(parameter[0]), group)
-    return re.compile(pattern + "/?")
+    return RouteTable(tuple(map(Route.of, routes)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +226,6 @@ class Gateway:
         return http_response(result), None
 
     def close(self) -> None:
-        """Wait for the invocation under way, then refuse the rest (the stack goes down after this)."""
         with self._lock:
             self._open = False
 
@@ -249,9 +242,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if refusal is not None:
             self.log_message("%s %s: %s", self.command, urlsplit(self.path).path, refusal)
         self.send_response(response.status)
-        for name, value in response.headers:
+        for name, value in [*response.headers, ("content-length", str(len(response.body)))]:
             self.send_header(name, value)
-        self.send_header("content-length", str(len(response.body)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(response.body)
@@ -260,8 +252,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
 
 class GatewayServer(ThreadingHTTPServer):
-    """A threaded HTTP server on loopback in front of a `Gateway`, bound at once and serving once its gateway
-    is set (requests that come before wait in the listen backlog)."""
+    """Bound at once on loopback, serving once its gateway is set: earlier requests wait in the backlog."""
 
     gateway: Gateway
 
@@ -285,34 +276,29 @@ def serve(
     function = functions().get(FUNCTION)
     if function is None:
         raise SystemExit(f"metering serve: template.yaml has no {FUNCTION} function")
-    routes = route_table(function.routes)
-    authorizer = LocalAuthorizer.of(issuer_key(key_path))
-    stop, serving = threading.Event(), threading.Event()
+    routes, authorizer = route_table(function.routes), LocalAuthorizer.of(issuer_key(key_path))
+    stop = threading.Event()
     try:
         server = GatewayServer(port)
     except OSError as exc:
         raise SystemExit(f"metering serve: cannot listen on {LOOPBACK}:{port}: {exc.strerror}") from exc
 
+    def abandon(signum: int, frame: FrameType | None) -> None:
+        raise StopRequested(signal.Signals(signum).name)
+
     def serve_replayed(run: Simulation) -> None:
+        for number in (signal.SIGINT, signal.SIGTERM):  # from now on they stop the server, not the replay
+            signal.signal(number, lambda signum, frame: stop.set())
         run.module(FUNCTION).API.clock = lambda: now  # the API answers as of the replay's --now
         server.gateway = Gateway(routes, authorizer, lambda event: run.invoke(FUNCTION, event))
-        loop = threading.Thread(target=server.serve_forever, name="usage-api", daemon=True)
-        loop.start()
-        serving.set()
+        threading.Thread(target=server.serve_forever, name="usage-api", daemon=True).start()
         print(f"listening on {server.url}", file=sys.__stdout__ or sys.stdout, flush=True)
         stop.wait()
-        server.shutdown()
+        server.shutdown()  # returns once the serving loop has ended
         server.gateway.close()
-        loop.join()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        """SIGINT and SIGTERM stop the server; before it serves they abandon the replay."""
-        stop.set()
-        if not serving.is_set():
-            raise StopRequested(signal.Signals(signum).name)
 
     with server:
-        previous = {number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+        previous = {number: signal.signal(number, abandon) for number in (signal.SIGINT, signal.SIGTERM)}
         try:
             simulate(SimulationOptions(events_path, now, grace_hours), after_replay=serve_replayed)
         finally:

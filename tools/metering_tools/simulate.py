@@ -3,8 +3,7 @@
 The harness plays AWS's parts and nothing else: it delivers the envelopes to RecordActivity as SQS batches,
 redelivers what the handler reports as failed, drains the fan-out and close queues into their functions and
 fires the hourly schedule at each period's close instant, with the batch sizes, timeouts, receive limits and
-environment of `template.yaml`. On embedded moto each function runs as its template role (`roles.RoleGuard`),
-as in the end-to-end tests. DynamoDB calls are counted on the functions' own clients (botocore's hooks)."""
+environment of `template.yaml`. On embedded moto, each function runs as its role (`roles.RoleGuard`)."""
 
 from __future__ import annotations
 
@@ -29,7 +28,6 @@ from metering.errors import StoreUnavailable
 from metering.events import CRM_EVENT, SubscriptionChanged
 from metering.placement import subscription_of
 from metering.rules import History, Subscription, utc_iso
-from pydantic import ValidationError
 
 from metering_tools import testkit
 from metering_tools.capacity import shared_meter
@@ -74,9 +72,8 @@ class _Message:
 
 
 class Simulation:
-    """One replay: its local stack, the functions and what they did. It starts from fresh clients; each
-    handler module is imported at its first invocation, as a cold start does, with the stack's environment
-    set (a function the replay never invokes costs nothing)."""
+    """One replay: its local stack, the functions and what they did. Each function's container (its handler
+    module) starts at its first invocation, as a cold start does: one never invoked costs nothing."""
 
     def __init__(
         self,
@@ -91,12 +88,11 @@ class Simulation:
         self.guard = guard
         self.grace = timedelta(hours=float(os.environ["GRACE_HOURS"]))
         activity_queue = functions["RecordActivity"].config.sources["ActivityQueue"]
-        self.batch_size = options.batch_size or activity_queue.batch_size
+        self.batch_sizes = options.batch_sizes or (options.batch_size or activity_queue.batch_size,)
         self.schedule = CloseSchedule(self.grace, os.environ["DEFAULT_TIMEZONE"])
         rate = options.fault_rate
         self.faults = testkit.FaultInjector(rate, options.fault_seed) if rate > 0 else None
         self.modules: dict[str, ModuleType] = {}
-        """Each function's current container: its handler module."""
         self.invocations: Counter[str] = Counter()
         self.receives: Counter[int] = Counter()
         """Messages by the receives they needed (every queue the functions consume)."""
@@ -110,7 +106,7 @@ class Simulation:
         self.returned_for_others = 0
         aws.reset_clients()
         self.requests_before = aws.DYNAMODB_REQUESTS.snapshot()
-        self.report_client = boto3.client("dynamodb")
+        self.report_client = boto3.client("dynamodb")  # stats count the functions' own clients only
         streamed = any(function.config.stream for function in functions.values())
         self.stream = testkit.TableStream(stack.table_name, options.endpoint_url) if streamed else None
 
@@ -124,23 +120,19 @@ class Simulation:
             self.stream.read(source)
             failures = 0
             for event in self.stream.batches(source, whole_only=whole_batches_only):
-                resume_from: str | None
                 try:
-                    response = self.invoke(function_name, event)
-                except testkit.SimulatedCrash:
+                    failed = self.invoke(function_name, event).get("batchItemFailures", [])
+                except testkit.SimulatedCrash:  # the batch is read again from its first record
                     self.restart(function_name)
-                    resume_from = str(event["Records"][0]["dynamodb"]["SequenceNumber"])
-                else:
-                    items = response.get("batchItemFailures", [])
-                    resume_from = min((str(item["itemIdentifier"]) for item in items), key=int, default=None)
+                    failed = [{"itemIdentifier": event["Records"][0]["dynamodb"]["SequenceNumber"]}]
+                resume_from = min((str(item["itemIdentifier"]) for item in failed), key=int, default=None)
                 self.stream.taken(event, resume_from)
                 failures = failures + 1 if resume_from is not None else 0
                 if failures > MAX_RECEIVES_WITH_FAULTS:
                     raise RuntimeError(f"{function_name} failed the same stream batch {failures} times")
 
     def restart(self, function_name: str) -> None:
-        """Lambda replaces the execution environment of an invocation that was killed: the next one is a
-        cold start, with nothing remembered in memory."""
+        """Lambda replaces a killed invocation's execution environment: the next one is a cold start."""
         self.modules[function_name] = self.functions[function_name].cold_start()
         if self.faults is not None:
             self.faults.restart()
@@ -155,7 +147,14 @@ class Simulation:
         module = self.module(function_name)
 
         def instrumented(event: dict[str, Any], context: Any) -> Any:
-            self.instrument()
+            # clients are rebuilt whenever another function's role runs: each invocation attaches the capacity
+            # meter (embedded moto) and the fault injector to its own (attaching twice changes nothing)
+            if self.options.endpoint_url is None:
+                shared_meter(self.stack.table_name).attach(aws.dynamodb())
+            self.delivered.attach(aws.sqs())
+            if self.faults is not None:
+                self.faults.attach(aws.dynamodb())
+                self.faults.attach(aws.s3())
             try:
                 return module.handler(event, context)
             finally:
@@ -167,16 +166,6 @@ class Simulation:
         if self.guard is None:
             return instrumented(event, context)
         return self.guard.invoke(function_name, instrumented, event, context)
-
-    def instrument(self) -> None:
-        """Attach the capacity meter (embedded moto) and the fault injector at each invocation: the clients
-        are rebuilt whenever another function's role runs (attaching twice changes nothing)."""
-        if self.options.endpoint_url is None:
-            shared_meter(self.stack.table_name).attach(aws.dynamodb())
-        self.delivered.attach(aws.sqs())
-        if self.faults is not None:
-            self.faults.attach(aws.dynamodb())
-            self.faults.attach(aws.s3())
 
     def deliver(self, function_name: str, messages: Sequence[_Message], queue: str) -> list[_Message]:
         """Invoke with one SQS batch; returns the messages to redeliver: those reported as failed, or all of
@@ -225,13 +214,12 @@ class Simulation:
         pending = list(messages)
         while pending:
             failed = self.deliver(function_name, pending, queue)
-            failed_ids = {m.message_id for m in failed}
-            self.receives.update(m.receive_count for m in pending if m.message_id not in failed_ids)
             for message in failed:
                 if message.receive_count in {dead_letter_at, give_up_at}:
                     self.dead_letters[(queue, message.message_id)] = message.receive_count < give_up_at
-            self.receives.update(m.receive_count for m in failed if m.receive_count >= give_up_at)
-            pending = [m for m in failed if m.receive_count < give_up_at]
+            retried = {m.message_id for m in failed if m.receive_count < give_up_at}
+            self.receives.update(m.receive_count for m in pending if m.message_id not in retried)
+            pending = [m for m in pending if m.message_id in retried]
             self.drain_queue("RecordActivity", "FanOutQueue", self.stack.fanout_queue_url)
 
     def drain_queue(self, function_name: str, queue: str, queue_url: str) -> None:
@@ -283,7 +271,6 @@ class Simulation:
         whenever the clock reaches a period's close instant, record what is waiting and run the close job as
         of that instant, before later events; at the end, as of `now`."""
         pending: list[tuple[int, str, datetime]] = []
-        sizes = self.options.batch_sizes
         for number, body, sent_at in envelopes:
             for instant in self.schedule.due(sent_at):
                 self.record(pending)
@@ -291,7 +278,7 @@ class Simulation:
                 self.close_as_of(instant)
             pending.append((number, body, sent_at))
             self.schedule.learn(body)
-            if len(pending) >= (sizes[self.batches % len(sizes)] if sizes else self.batch_size):
+            if len(pending) >= self.batch_sizes[self.batches % len(self.batch_sizes)]:
                 self.record(pending)
                 pending = []
         self.record(pending)
@@ -348,7 +335,7 @@ class CloseSchedule:
     def learn(self, body: str) -> None:
         try:
             event = CRM_EVENT.validate_json(body)
-        except (ValidationError, ValueError):
+        except ValueError:  # pydantic's ValidationError included
             return
         history = self.histories.setdefault(event.account_id, [])
         periods = self.periods.setdefault(event.account_id, set())
@@ -357,10 +344,8 @@ class CloseSchedule:
         else:
             periods.add(History.of(history, self.default_timezone).place(event.occurred_at))
         known = History.of(history, self.default_timezone)
-        for period in periods:
-            instant = known.close_instant(period, self.grace)
-            if instant > self.clock:
-                self.upcoming.add(instant)
+        instants = (known.close_instant(period, self.grace) for period in periods)
+        self.upcoming.update(instant for instant in instants if instant > self.clock)
 
     def due(self, clock: datetime) -> list[datetime]:
         """The close instants the clock has reached, in order; each is returned once (an instant the clock
@@ -401,28 +386,22 @@ def read_envelopes(path: Path) -> Iterator[tuple[int, str, datetime]]:
             yield number, body, clock
 
 
-@contextlib.contextmanager
-def _aws_backend(endpoint_url: str | None) -> Iterator[None]:
+def _aws_backend(endpoint_url: str | None) -> contextlib.AbstractContextManager[None]:
     """Embedded moto by default; any endpoint otherwise (moto_server, LocalStack, DynamoDB Local...):
     `AWS_ENDPOINT_URL`, under which botocore's per-service variables (`AWS_ENDPOINT_URL_DYNAMODB`, ...) still
     send their service elsewhere."""
     if not endpoint_url:
-        with embedded_aws(testkit.REGION):
-            yield
-        return
+        return embedded_aws(testkit.REGION)
     if boto3.session.Session().get_credentials() is None:
         raise SystemExit(
             f"metering simulate: no AWS credentials for {endpoint_url}. Set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY (any values for a local emulator), or AWS_PROFILE."
         )
-    with environment({ENDPOINT_VARIABLE: endpoint_url}):
-        yield
+    return environment({ENDPOINT_VARIABLE: endpoint_url})
 
 
-def upload_claim_checks(objects_dir: Path | None, bucket: str) -> None:
-    """Put every file under `objects_dir` in the claim-check bucket, keyed by its relative path."""
-    if objects_dir is None or not objects_dir.is_dir():
-        return
+def upload_claim_checks(objects_dir: Path, bucket: str) -> None:
+    """Put every file under `objects_dir` (if any) in the claim-check bucket, keyed by its relative path."""
     s3 = boto3.client("s3")
     for path in sorted(p for p in objects_dir.rglob("*") if p.is_file()):
         s3.put_object(Bucket=bucket, Key=path.relative_to(objects_dir).as_posix(), Body=path.read_bytes())
@@ -432,13 +411,11 @@ def function_settings(
     options: SimulationOptions, template: Mapping[str, Any], stack: LocalStack
 ) -> dict[str, str]:
     """The functions' environment as the template sets it for this stack, with the replay's own settings."""
-    environment = function_environment(stack, template)
+    settings = function_environment(stack, template)
     return {
-        **environment,
-        "DEFAULT_TIMEZONE": options.default_timezone or environment["DEFAULT_TIMEZONE"],
-        "GRACE_HOURS": str(
-            options.grace_hours if options.grace_hours is not None else environment["GRACE_HOURS"]
-        ),
+        **settings,
+        "DEFAULT_TIMEZONE": options.default_timezone or settings["DEFAULT_TIMEZONE"],
+        "GRACE_HOURS": str(settings["GRACE_HOURS"] if options.grace_hours is None else options.grace_hours),
         # one process, one invocation at a time: no earlier attempt can still be running
         "ATTEMPT_TIMEOUT_SECONDS": "0",
         "RECORDER_TIMEOUT_SECONDS": "0",

@@ -2,10 +2,9 @@
 intrinsic functions, one list of the stack's functions.
 
 The loader reads short tags into the one form CloudFormation's JSON, samtranslator and moto use (`{"Ref": x}`,
-`{"Fn::GetAtt": [resource, attribute]}`, `{"Fn::Sub": text}`); `Fn::ForEach` loops are expanded, literal
-`Mappings` lookups replaced, and local nested applications inlined into their parent, so every reader sees
-each resource as CloudFormation creates it. A construct not resolved here raises `UnsupportedTemplateError`:
-teach it here rather than read a guess in one of the callers."""
+`{"Fn::GetAtt": [resource, attribute]}`, `{"Fn::Sub": text}`); loops, literal `Mappings` lookups and local
+nested applications are expanded, so every reader sees each resource as CloudFormation creates it. What is
+not resolved here raises `UnsupportedTemplateError`: teach it here rather than guess in one of the callers."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import copy
 import importlib.util
 import json
 import re
+from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +35,6 @@ STACK_ROOT = _stack_root()
 TEMPLATE_PATH = STACK_ROOT / "template.yaml"
 LANGUAGE_EXTENSIONS = "AWS::LanguageExtensions"
 FOR_EACH = "Fn::ForEach::"
-EXPANDED_SECTIONS = ("Conditions", "Resources", "Outputs")
-MERGED_SECTIONS = ("Mappings", "Conditions", "Resources")
-UNRESOLVED_EXTENSIONS = ("Fn::Length", "Fn::ToJsonString")
-"""Language extensions a loader here does not resolve (nor `Fn::FindInMap` with a default): they raise."""
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 
 NO_VALUE: Any = object()
@@ -50,8 +46,6 @@ class UnsupportedTemplateError(ValueError):
 
 
 # ---- reading ----
-
-
 class _Loader(yaml.SafeLoader):
     """Reads `!Ref`, `!GetAtt`, `!Sub`, ... as `{"Ref": ...}`, `{"Fn::GetAtt": [...]}`, `{"Fn::Sub": ...}`."""
 
@@ -71,8 +65,7 @@ _Loader.add_multi_constructor("!", _tag)
 
 def parse_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
     """The template as written: loops and applications as they are."""
-    with path.open(encoding="utf-8") as stream:
-        document: dict[str, Any] = yaml.load(stream, Loader=_Loader)
+    document: dict[str, Any] = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     return document
 
 
@@ -92,20 +85,20 @@ def expand(template: dict[str, Any]) -> dict[str, Any]:
     (then `Fn::Sub` variables that became literal are written into their string)."""
     expanded = copy.deepcopy(template)
     if LANGUAGE_EXTENSIONS in transforms(expanded):
-        for section in EXPANDED_SECTIONS:
+        for section in ("Conditions", "Resources", "Outputs"):
             if section in expanded:
                 expanded[section] = _expand_loops(expanded[section], f"template.{section}")
     folded: dict[str, Any] = _fold(expanded, expanded.get("Mappings", {}))
     for location, key, value in walk(folded, "template"):
-        if key in UNRESOLVED_EXTENSIONS or (key == "Fn::FindInMap" and len(value) > 3):
+        if key in ("Fn::Length", "Fn::ToJsonString") or (key == "Fn::FindInMap" and len(value) > 3):
             raise UnsupportedTemplateError(f"{key} at {location} is not resolved here")
     return folded
 
 
 def inline_applications(template: dict[str, Any], base: Path) -> dict[str, Any]:
     """A copy in which every `AWS::Serverless::Application` with a local `Location` is replaced by its
-    template's resources (parameters replaced by what the parent passes), and the parent's references to its
-    outputs by their values."""
+    template's resources (parameters replaced by what the parent passes, else their defaults), and the
+    parent's references to its outputs by their values."""
     inlined = copy.deepcopy(template)
     resources: dict[str, Any] = inlined["Resources"]
     outputs: dict[str, Any] = {}
@@ -116,13 +109,18 @@ def inline_applications(template: dict[str, Any], base: Path) -> dict[str, Any]:
         if "Condition" in application:
             raise UnsupportedTemplateError(f"the condition of application {name} is not resolved here")
         nested = load_template(base / location)
-        arguments = _arguments(nested, application["Properties"].get("Parameters", {}), name)
-        nested = substitute(nested, arguments)
+        passed, declared = application["Properties"].get("Parameters", {}), nested.get("Parameters", {})
+        if unknown := sorted(set(passed) - set(declared)):
+            raise UnsupportedTemplateError(f"{name} passes {unknown}, which its template does not declare")
+        defaults = {parameter: spec["Default"] for parameter, spec in declared.items() if "Default" in spec}
+        if missing := sorted(set(declared) - set(defaults | passed)):
+            raise UnsupportedTemplateError(f"{name} does not pass {missing}, which have no default")
+        nested = substitute(nested, defaults | passed)
         del resources[name]
-        for section in MERGED_SECTIONS:
+        for section in ("Mappings", "Conditions", "Resources"):
             _merge(inlined.setdefault(section, {}), nested.get(section, {}), f"{name}.{section}")
-        for output, declared in nested.get("Outputs", {}).items():
-            outputs[f"{name}.Outputs.{output}"] = declared["Value"]
+        for output, declaration in nested.get("Outputs", {}).items():
+            outputs[f"{name}.Outputs.{output}"] = declaration["Value"]
     return substitute(inlined, outputs) if outputs else inlined
 
 
@@ -173,10 +171,8 @@ def _fold(value: Any, mappings: dict[str, Any]) -> Any:
                 return mappings[name][top][second]
             except KeyError as missing:
                 raise UnsupportedTemplateError(f"no {missing} in mapping {name} for {top}.{second}") from None
-        case {"Fn::GetAtt": [{"Fn::Sub": str(resource)}, str(attribute)]} if not _PLACEHOLDER.search(
-            resource
-        ):
-            return {"Fn::GetAtt": [resource, attribute]}
+        case {"Fn::GetAtt": [{"Fn::Sub": str(name)}, str(attribute)]} if not _PLACEHOLDER.search(name):
+            return {"Fn::GetAtt": [name, attribute]}
         case {"Fn::Sub": [str(text), dict(variables)]}:
             folded = {name: _fold(inner, mappings) for name, inner in variables.items()}
             literal = {name: inner for name, inner in folded.items() if isinstance(inner, str)}
@@ -188,17 +184,6 @@ def _fold(value: Any, mappings: dict[str, Any]) -> Any:
         case list():
             return [_fold(inner, mappings) for inner in value]
     return value
-
-
-def _arguments(nested: dict[str, Any], passed: dict[str, Any], application: str) -> dict[str, Any]:
-    """Each parameter of the nested template: the value the parent passes, else its default."""
-    declared: dict[str, Any] = nested.get("Parameters", {})
-    if unknown := sorted(set(passed) - set(declared)):
-        raise UnsupportedTemplateError(f"{application} passes {unknown}, which its template does not declare")
-    arguments = {name: spec["Default"] for name, spec in declared.items() if "Default" in spec} | passed
-    if missing := sorted(set(declared) - set(arguments)):
-        raise UnsupportedTemplateError(f"{application} does not pass {missing}, which have no default")
-    return arguments
 
 
 def substitute(value: Any, values: dict[str, Any]) -> Any:
@@ -257,8 +242,6 @@ def walk(value: Any, location: str) -> Iterator[tuple[str, str, Any]]:
 
 
 # ---- references ----
-
-
 def target(value: Any) -> tuple[str, str | None] | None:
     """(resource, None) for `Ref resource`, (resource, attribute) for `Fn::GetAtt [resource, attribute]`."""
     match value:
@@ -291,8 +274,6 @@ def _sub_names(text: str) -> set[str]:
 
 
 # ---- resolving ----
-
-
 def parameter_values(template: Mapping[str, Any], given: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every parameter's value: the given one, else its default (without either it is left out: a reference
     to it raises)."""
@@ -355,8 +336,7 @@ class Resolver:
         raise UnsupportedTemplateError(f"{where}: no value for Ref {name}{self._kind(name)}")
 
     def get_att(self, resource: str, attribute: str, where: str) -> str:
-        value = self.attributes.get(resource, {}).get(attribute)
-        if value is None:
+        if (value := self.attributes.get(resource, {}).get(attribute)) is None:
             raise UnsupportedTemplateError(
                 f"{where}: no value for GetAtt {resource}.{attribute}{self._kind(resource)}"
             )
@@ -383,16 +363,12 @@ class Resolver:
 
         return _PLACEHOLDER.sub(substitute, text)
 
-    def _if(self, argument: Any, where: str) -> Any:
-        name, when_true, when_false = argument
-        return self.resolve(when_true if self.condition(name) else when_false, where)
-
 
 _INTRINSICS: dict[str, Any] = {
     "Ref": lambda r, a, w: r.ref(str(a), w),
     "Fn::GetAtt": lambda r, a, w: r.get_att(str(a[0]), str(a[1]), w),
     "Fn::Sub": Resolver._sub,
-    "Fn::If": Resolver._if,
+    "Fn::If": lambda r, a, w: r.resolve(a[1] if r.condition(a[0]) else a[2], w),
     "Condition": lambda r, a, w: r.condition(str(a)),
     "Fn::Join": lambda r, a, w: str(a[0]).join(str(item) for item in r.resolve(a[1], w)),
     "Fn::Select": lambda r, a, w: r.resolve(a[1], w)[int(r.resolve(a[0], w))],
@@ -403,16 +379,7 @@ _INTRINSICS: dict[str, Any] = {
 }
 
 
-# ---- the stack's functions ----
-
-LAMBDA_DEFAULT_TIMEOUT_SECONDS = 3
-LAMBDA_DEFAULT_MEMORY_MB = 128
-SQS_EVENT_DEFAULT_BATCH_SIZE = 10
-STREAM_EVENT_DEFAULT_BATCH_SIZE = 100
-LAMBDA_DEFAULT_ASYNC_RETRY_ATTEMPTS = 2
-NO_AUTHORIZER = "NONE"
-
-
+# ---- the stack's functions (with the defaults of Lambda, its event sources and SAM) ----
 @dataclass(frozen=True, slots=True)
 class QueueSource:
     """One SQS event of a function: how Lambda batches its queue, and how many receives the queue's redrive
@@ -496,36 +463,27 @@ def functions(template: Mapping[str, Any] | None = None) -> dict[str, FunctionCo
         if resource["Type"] != "AWS::Serverless::Function":
             continue
         properties = {**defaults, **resource["Properties"]}
-        events = [
-            (name, event["Type"], event.get("Properties", {}))
-            for name, event in properties.get("Events", {}).items()
-        ]
+        events: defaultdict[str, dict[str, Any]] = defaultdict(dict)  # type -> event name -> its properties
+        for event_name, event in properties.get("Events", {}).items():
+            events[event["Type"]][event_name] = event.get("Properties", {})
+        queues = [_queue_source(resolver, *event) for event in events["SQS"].items()]
         invoke = properties.get("EventInvokeConfig", {})
         configs[logical_id.removesuffix("Function")] = FunctionConfig(
             name=logical_id.removesuffix("Function"),
             logical_id=logical_id,
             role_id=_role_of(template, logical_id, properties.get("Role")),
             code_folder=Path(str(properties["CodeUri"])).name,
-            timeout_seconds=resolver.number(properties.get("Timeout", LAMBDA_DEFAULT_TIMEOUT_SECONDS)),
-            memory_mb=resolver.number(properties.get("MemorySize", LAMBDA_DEFAULT_MEMORY_MB)),
+            timeout_seconds=resolver.number(properties.get("Timeout", 3)),
+            memory_mb=resolver.number(properties.get("MemorySize", 128)),
             environment={
                 **defaults.get("Environment", {}).get("Variables", {}),
                 **resource["Properties"].get("Environment", {}).get("Variables", {}),
             },
             log_group=properties.get("LoggingConfig", {}).get("LogGroup"),
-            sources={
-                source.queue: source
-                for source in (
-                    _queue_source(template, resolver, *event) for event in events if event[1] == "SQS"
-                )
-            },
-            stream=next(
-                (_stream_source(resolver, event[2]) for event in events if event[1] == "DynamoDB"), None
-            ),
-            routes=tuple(_route(template, event[2]) for event in events if event[1] == "HttpApi"),
-            async_retry_attempts=resolver.number(
-                invoke.get("MaximumRetryAttempts", LAMBDA_DEFAULT_ASYNC_RETRY_ATTEMPTS)
-            ),
+            sources={source.queue: source for source in queues},
+            stream=next((_stream_source(resolver, event) for event in events["DynamoDB"].values()), None),
+            routes=tuple(_route(template, event) for event in events["HttpApi"].values()),
+            async_retry_attempts=resolver.number(invoke.get("MaximumRetryAttempts", 2)),
             async_destinations=tuple(invoke.get("DestinationConfig", {}).values()),
         )
     return configs
@@ -542,17 +500,15 @@ def _role_of(template: Mapping[str, Any], function_id: str, role: Any) -> str:
     return named[0]
 
 
-def _queue_source(
-    template: Mapping[str, Any], resolver: Resolver, event_name: str, _: str, properties: Mapping[str, Any]
-) -> QueueSource:
+def _queue_source(resolver: Resolver, event_name: str, properties: Mapping[str, Any]) -> QueueSource:
     named = target(properties.get("Queue"))
     if named is None or named[1] != "Arn":
         raise UnsupportedTemplateError(f"SQS event {event_name}: its Queue is not `!GetAtt <Queue>.Arn`")
-    redrive = template["Resources"][named[0]]["Properties"].get("RedrivePolicy")
+    redrive = resolver.template["Resources"][named[0]]["Properties"].get("RedrivePolicy")
     return QueueSource(
         event=event_name,
         queue=named[0],
-        batch_size=resolver.number(properties.get("BatchSize", SQS_EVENT_DEFAULT_BATCH_SIZE)),
+        batch_size=resolver.number(properties.get("BatchSize", 10)),
         batching_window_seconds=resolver.number(properties.get("MaximumBatchingWindowInSeconds", 0)),
         max_receive_count=resolver.number(redrive["maxReceiveCount"]) if redrive else None,
     )
@@ -562,7 +518,7 @@ def _stream_source(resolver: Resolver, properties: Mapping[str, Any]) -> StreamS
     filters = properties.get("FilterCriteria", {}).get("Filters", [])
     return StreamSource(
         stream=properties["Stream"],
-        batch_size=resolver.number(properties.get("BatchSize", STREAM_EVENT_DEFAULT_BATCH_SIZE)),
+        batch_size=resolver.number(properties.get("BatchSize", 100)),
         patterns=tuple(json.loads(entry["Pattern"]) for entry in filters),
         on_failure=properties.get("DestinationConfig", {}).get("OnFailure", {}),
     )
@@ -578,6 +534,6 @@ def _route(template: Mapping[str, Any], properties: Mapping[str, Any]) -> ApiRou
     return ApiRoute(
         method=str(properties.get("Method", "ANY")).upper(),
         path=None if path is None else str(path),
-        authorized=authorizer_name not in (None, NO_AUTHORIZER),
+        authorized=authorizer_name not in (None, "NONE"),
         scopes=frozenset(auth.get("AuthorizationScopes", authorizer.get("AuthorizationScopes", []))),
     )

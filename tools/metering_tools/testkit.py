@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
+from unittest import mock
 
 import boto3
 from botocore.awsrequest import AWSResponse, HTTPHeaders
 from botocore.exceptions import ReadTimeoutError
 from metering import retrying
 
+from metering_tools.capacity import WRITES
 from metering_tools.local_stack import LocalStack
 from metering_tools.template import STACK_ROOT, FunctionConfig, StreamSource, functions
 
@@ -30,13 +32,13 @@ FUNCTIONS_DIR = STACK_ROOT / "functions"
 REGION = "eu-central-1"
 ACCOUNT = "123456789012"
 ACTIVITY_QUEUE_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:metering-test-activity"
+type MessageBody = str | Mapping[str, Any]
 
 
 def cold_start(folder: str) -> ModuleType:
     """Import `functions/<folder>/app.py` fresh, as a Lambda cold start does (it reads its settings then)."""
-    spec = importlib.util.spec_from_file_location(
-        f"cold_{folder}_{uuid.uuid4().hex[:8]}", FUNCTIONS_DIR / folder / "app.py"
-    )
+    name = f"cold_{folder}_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(name, FUNCTIONS_DIR / folder / "app.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -51,9 +53,8 @@ class LambdaContext:
     def __init__(self, function_name: str, timeout_seconds: float = 60, *, function_arn: str = "") -> None:
         self.function_name = function_name
         self.function_version = "$LATEST"
-        self.invoked_function_arn = (
-            function_arn or f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function_name}"
-        )
+        default_arn = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{function_name}"
+        self.invoked_function_arn = function_arn or default_arn
         self.memory_limit_in_mb = 1024
         self.aws_request_id = str(uuid.uuid4())
         self.log_group_name = f"/aws/lambda/{function_name}"
@@ -98,7 +99,7 @@ def local_functions(stack: LocalStack, template: Mapping[str, Any]) -> dict[str,
 
 
 def sqs_record(
-    body: str | Mapping[str, Any],
+    body: MessageBody,
     message_id: str | None = None,
     *,
     receive_count: int = 1,
@@ -127,9 +128,7 @@ def sqs_record(
     }
 
 
-def sqs_event(
-    bodies: Iterable[str | Mapping[str, Any]], *, queue_arn: str = ACTIVITY_QUEUE_ARN
-) -> dict[str, Any]:
+def sqs_event(bodies: Iterable[MessageBody], *, queue_arn: str = ACTIVITY_QUEUE_ARN) -> dict[str, Any]:
     """An SQS batch event with one record per body (each with a fresh message id)."""
     return {"Records": [sqs_record(body, queue_arn=queue_arn) for body in bodies]}
 
@@ -141,9 +140,8 @@ def answered(status: int) -> AWSResponse:
 
 class TableStream:
     """The table's stream as CountContacts' event source mapping reads it: shard by shard in order, through
-    the mapping's filter, in batches of its size, each with the shard id a tumbling window adds. A batch is
-    read again from its first record until the function takes it, and from the record it reports as failed
-    after that, as Lambda checkpoints a shard."""
+    the mapping's filter, in batches of its size, each with the shard id a tumbling window adds. A batch the
+    function fails is read again from the record it reports, as Lambda checkpoints a shard."""
 
     def __init__(self, table_name: str, endpoint_url: str | None) -> None:
         self._table_name = table_name
@@ -180,11 +178,9 @@ class TableStream:
         client = boto3.client("dynamodbstreams", endpoint_url=boto3.client("dynamodb").meta.endpoint_url)
         for shard in client.describe_stream(StreamArn=self._arn)["StreamDescription"]["Shards"]:
             shard_id = shard["ShardId"]
-            position = (
-                {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": self._after[shard_id]}
-                if shard_id in self._after
-                else {"ShardIteratorType": "TRIM_HORIZON"}
-            )
+            position = {"ShardIteratorType": "TRIM_HORIZON"}
+            if (last_read := self._after.get(shard_id)) is not None:
+                position = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": last_read}
             iterator = client.get_shard_iterator(StreamArn=self._arn, ShardId=shard_id, **position)
             cursor = iterator["ShardIterator"]
             records: list[dict[str, Any]] = []
@@ -198,14 +194,11 @@ class TableStream:
         while self.waiting and (len(self.waiting) >= source.batch_size or not whole_only):
             shard_id = self.waiting[0][0]
             records = [record for shard, record in self.waiting if shard == shard_id][: source.batch_size]
-            window = datetime.fromtimestamp(records[0]["dynamodb"]["ApproximateCreationDateTime"], UTC)
-            window = window.replace(second=0)
+            start = datetime.fromtimestamp(records[0]["dynamodb"]["ApproximateCreationDateTime"], UTC)
+            end = start + timedelta(minutes=1)
             yield {
                 "Records": records,
-                "window": {
-                    "start": f"{window:%Y-%m-%dT%H:%M:%SZ}",
-                    "end": f"{window + timedelta(minutes=1):%Y-%m-%dT%H:%M:%SZ}",
-                },
+                "window": {"start": f"{start:%Y-%m-%dT%H:%M:00Z}", "end": f"{end:%Y-%m-%dT%H:%M:00Z}"},
                 "state": {},
                 "shardId": shard_id,
                 "eventSourceARN": self._arn,
@@ -214,13 +207,10 @@ class TableStream:
             }
 
     def taken(self, event: Mapping[str, Any], failed_sequence: str | None) -> None:
-        """The function took `event`'s records up to the one it reported as failed (that one and the rest of
-        the batch are delivered again)."""
-        taken = {
-            record["dynamodb"]["SequenceNumber"]
-            for record in event["Records"]
-            if failed_sequence is None or int(record["dynamodb"]["SequenceNumber"]) < int(failed_sequence)
-        }
+        """The function took `event`'s records before the one it reported as failed (None: all of them)."""
+        failed_at = float("inf") if failed_sequence is None else int(failed_sequence)
+        sequences = (record["dynamodb"]["SequenceNumber"] for record in event["Records"])
+        taken = {sequence for sequence in sequences if int(sequence) < failed_at}
         self.waiting = [
             (shard, record)
             for shard, record in self.waiting
@@ -229,9 +219,8 @@ class TableStream:
 
 
 class DeliveredMessages:
-    """SQS's part for messages a harness hands to a function itself, as the event source mapping does: the
-    function's DeleteMessageBatch of their receipt handles is answered as SQS answers it, and remembered (the
-    census still records the call, so the role must grant it)."""
+    """SQS's part for messages a harness hands to a function itself: their DeleteMessageBatch is answered as
+    SQS answers it, and remembered (the census still records the call, so the role must grant it)."""
 
     def __init__(self) -> None:
         self.deleted: set[str] = set()
@@ -275,12 +264,8 @@ class SimulatedClock:
 def simulated_waits() -> Iterator[SimulatedClock]:
     """The functions wait on a `SimulatedClock` inside the block."""
     clock = SimulatedClock()
-    saved = (retrying.CLOCK.now, retrying.CLOCK.sleep, retrying.CLOCK.wall)
-    retrying.CLOCK.now, retrying.CLOCK.sleep, retrying.CLOCK.wall = clock.now, clock.sleep, clock.wall
-    try:
+    with mock.patch.multiple(retrying.CLOCK, now=clock.now, sleep=clock.sleep, wall=clock.wall):
         yield clock
-    finally:
-        retrying.CLOCK.now, retrying.CLOCK.sleep, retrying.CLOCK.wall = saved
 
 
 class SimulatedCrash(BaseException):
@@ -288,12 +273,9 @@ class SimulatedCrash(BaseException):
 
 
 class FaultInjector:
-    """Makes a share of the functions' DynamoDB and S3 calls fail, through botocore's event hooks on their
-    own clients: throttling and server errors (the call never lands), a time-out after the write took effect
-    (the caller sees a failure, the table has the change), and crashes that kill the invocation (no call of
-    the crashed process lands until the harness restarts it)."""
-
-    WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"})
+    """Makes a share of the functions' DynamoDB and S3 calls fail: throttling and server errors (the call
+    never lands), a time-out after a write took effect (the caller sees a failure, the table has the
+    change), and crashes that kill the invocation (no call of the crashed process lands until it restarts)."""
 
     def __init__(self, rate: float, seed: int) -> None:
         self.rate = rate
@@ -305,13 +287,11 @@ class FaultInjector:
         self._crashed = False
 
     def restart(self) -> None:
-        """The crashed function runs again in a new execution environment."""
         with self._lock:
             self._crashed = False
 
     def attach(self, client: Any) -> None:
-        """Fail calls of this client; attaching a client again changes nothing (clients are rebuilt when
-        the function running changes, so each invocation attaches its own)."""
+        """Fail this client's calls; attaching it again changes nothing (each invocation attaches its own)."""
         service = client.meta.service_model.service_id.hyphenize()
         key = f"fault-injector-{id(self)}-{service}"
         client.meta.events.register(f"before-call.{service}", self._before_call, unique_id=f"{key}-before")
@@ -339,7 +319,7 @@ class FaultInjector:
                 dynamodb = model.service_model.service_name == "dynamodb"
                 code, status = ("ThrottlingException", 400) if dynamodb else ("SlowDown", 503)
                 return answered(status), {"Error": {"Code": code, "Message": "injected"}}
-            if share < 0.8 or model.name not in self.WRITES:
+            if share < 0.8 or model.name not in WRITES:
                 self.injected["server error"] += 1
                 return answered(500), {"Error": {"Code": "InternalServerError", "Message": "injected"}}
         context["fail_after_write"] = True

@@ -42,15 +42,13 @@ def issuer_key(path: Path) -> rsa.RSAPrivateKey:
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        stored = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(stored, rsa.RSAPrivateKey):
-            raise SystemExit(
-                f"{path}: not an RSA private key (API Gateway's JWT authorizers verify RSA only)"
-            ) from None
-        return stored
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    with os.fdopen(descriptor, "wb") as key_file:
-        key_file.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        with os.fdopen(descriptor, "wb") as key_file:
+            key_file.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise SystemExit(f"{path}: not an RSA private key (API Gateway's JWT authorizers verify RSA only)")
     return key
 
 
@@ -85,9 +83,8 @@ def mint(key: rsa.RSAPrivateKey, request: TokenRequest, now: float | None = None
         "exp": issued_at + request.expires_in,
         "scope": scope if request.scope is None else request.scope,
         "jti": str(uuid.uuid4()),
+        **({} if request.account_id is None else {ACCOUNT_CLAIM: request.account_id}),
     }
-    if request.account_id is not None:
-        claims[ACCOUNT_CLAIM] = request.account_id
     return jwt.encode(claims, key, algorithm="RS256", headers={"kid": key_id(key.public_key())})
 
 
@@ -132,18 +129,13 @@ class LocalAuthorizer:
         if not (AUDIENCE in audience if isinstance(audience, list) else audience == AUDIENCE):
             raise Unauthorized("the token's audience is not the API's")
         scope = claims.get("scope")
-        return Authorization(
-            claims={name: _claim_text(value) for name, value in claims.items()},
-            scopes=scope.split() if isinstance(scope, str) else [],
-        )
+        scopes = scope.split() if isinstance(scope, str) else []
+        return Authorization({name: _claim_text(value) for name, value in claims.items()}, scopes)
 
 
 def _claim_text(value: Any) -> str:
-    """A claim as API Gateway hands it to the integration: every value a string, a list as `[a b]`."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
+    """A claim as API Gateway hands it to the integration: every value a string, a list as `[a b]`, a boolean
+    or an object as JSON."""
     if isinstance(value, list):
         return "[" + " ".join(map(_claim_text, value)) + "]"
-    if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, bool | dict) else str(value)
