@@ -422,7 +422,9 @@ _SHARED_METERS_LOCK = Lock()
 
 
 def shared_meter(name: str) -> CapacityMeter:
-    """The meter registered under `name` in this process, so every client a replay builds (once per process
-    today, once per invocation later) is attached to one tally that the report reads back."""
+    """The meter registered under `name` in this process, so every client a replay builds (the functions'
+    clients are rebuilt whenever another function's role runs) is attached to one tally the report reads."""
     with _SHARED_METERS_LOCK:
-        return _SHARED_METERS.setdefault(name, CapacityMeter())
+        if name not in _SHARED_METERS:
+            _SHARED_METERS[name] = CapacityMeter()
+        return _SHARED_METERS[name]
